@@ -121,10 +121,15 @@ export class PrivateKey extends Key {
   }
   /**
    * X25519(this, peer). Returns null for a low-order peer point (all-zero shared secret), which
-   * WireGuard must refuse.
+   * WireGuard must refuse. Never throws on a hostile public key.
    */
   dh(peer: PublicKey): Uint8Array | null {
-    const shared = diffieHellman({ privateKey: this.keyObject(), publicKey: peer.keyObject() });
+    let shared: Buffer;
+    try {
+      shared = diffieHellman({ privateKey: this.keyObject(), publicKey: peer.keyObject() });
+    } catch {
+      return null; // OpenSSL refuses an all-zero result itself
+    }
     const out = new Uint8Array(shared);
     shared.fill(0);
     return isAllZero(out) ? null : out;
