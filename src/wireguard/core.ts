@@ -325,7 +325,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   #initiate(peer: Peer<E>, now: number, isRetry: boolean): Outgoing<E>[] {
     if (!isRetry) peer.handshakeAttempts = 0;
     const hs = peer.handshake;
-    if (now - hs.lastSentHandshake <= REKEY_TIMEOUT) return [];
+    if (now - hs.lastSentHandshake < REKEY_TIMEOUT) return [];
     if (this.#privateKey === null) {
       this.#count('no-private-key');
       return [];
