@@ -259,6 +259,24 @@ export class WireGuard<E extends Endpoint = Endpoint> {
 
   /** Encrypts a packet for one peer, or stages it and starts a handshake. */
   sendTo(peer: Peer<E>, packet: Uint8Array, now: number): SendResult<E> {
+    // Fast path: nothing waiting and a usable session — seal straight away.
+    const kp = peer.current;
+    if (
+      peer.staged.length === 0 &&
+      kp !== null &&
+      peer.endpoint !== null &&
+      kp.sendCounter < REKEY_AFTER_MESSAGES &&
+      now - kp.created < REKEY_AFTER_TIME
+    ) {
+      const datagram = this.#seal(kp, packet);
+      this.#traversal(peer, now);
+      peer.timers.sendKeepalive = null;
+      if (packet.length > 0 && peer.timers.newHandshake === null) {
+        peer.timers.newHandshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + this.#jitter();
+      }
+      peer.txBytes += datagram.length;
+      return { kind: 'sent', out: [{ endpoint: peer.endpoint, datagram }] };
+    }
     if (peer.staged.length >= MAX_STAGED_PACKETS) {
       peer.staged.shift();
       this.#count('staged-overflow');
@@ -310,7 +328,8 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     const pad = padded - unit;
     const counter = kp.sendCounter;
     kp.sendCounter = counter + 1n;
-    const datagram = new Uint8Array(TRANSPORT_HEADER_SIZE + n + pad + 16);
+    // Every byte is written below (header, sealed body, padding, tag): no zero-fill needed.
+    const datagram = Buffer.allocUnsafe(TRANSPORT_HEADER_SIZE + n + pad + 16);
     writeTransportHeader(datagram, kp.remoteIndex, counter);
     kp.send.sealPaddedInto(counter, packet, pad, datagram, TRANSPORT_HEADER_SIZE);
     return datagram;

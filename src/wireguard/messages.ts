@@ -72,10 +72,21 @@ function putU32le(b: Uint8Array, o: number, v: number): void {
 }
 
 export function readU64le(b: Uint8Array, o: number): bigint {
-  return BigInt(u32le(b, o)) | (BigInt(u32le(b, o + 4)) << 32n);
+  const lo = u32le(b, o);
+  const hi = u32le(b, o + 4);
+  // Below 2^53 the value is exact as a double: one conversion instead of three bigint ops.
+  if (hi < 0x200000) return BigInt(hi * 0x100000000 + lo);
+  return BigInt(lo) | (BigInt(hi) << 32n);
 }
 
 export function writeU64le(b: Uint8Array, o: number, v: bigint): void {
+  if (v < 0x20000000000000n) {
+    const n = Number(v);
+    const hi = Math.floor(n / 0x100000000);
+    putU32le(b, o, n - hi * 0x100000000);
+    putU32le(b, o + 4, hi);
+    return;
+  }
   putU32le(b, o, Number(v & 0xffffffffn));
   putU32le(b, o + 4, Number((v >> 32n) & 0xffffffffn));
 }
