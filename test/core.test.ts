@@ -165,7 +165,8 @@ test('passive keepalive 10 s after receiving data with nothing to send', () => {
 test('persistent keepalive every N seconds once configured', () => {
   const p = new Pair();
   p.handshake();
-  const out = p.a.core.setPersistentKeepalive(p.a.peer, 25, p.now);
+  assert.equal(p.a.core.setPersistentKeepalive(p.a.peer, 25), true);
+  const out = p.a.core.sendKeepalive(p.a.peer, p.now);
   p.emit(p.a, out);
   const n = p.log.length;
   assert.equal(out.length, 1, 'sent at once when turned on');

@@ -138,6 +138,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   readonly drops = new Map<DropReason, number>();
   /** Cookie replies sent (a sign of being under load). */
   cookieRepliesSent = 0;
+  #wake = Infinity;
 
   constructor(options: CoreOptions = {}) {
     this.#random = options.random ?? cryptoRandom;
@@ -204,7 +205,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
         throw new StrataError('ERR_ALLOWED_IP', 'an allowed IP is not a valid address or prefix');
       }
     }
-    if (config.persistentKeepalive !== undefined) this.setPersistentKeepalive(peer, config.persistentKeepalive, null);
+    if (config.persistentKeepalive !== undefined) this.setPersistentKeepalive(peer, config.persistentKeepalive);
     return peer;
   }
 
@@ -226,18 +227,27 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   }
 
   /**
-   * Sets the persistent keepalive interval (seconds, 0 = off). With `now` given and the
-   * interval turned on, a keepalive goes out at once, as wireguard-go does when configured.
+   * Sets the persistent keepalive interval (seconds, 0 = off). Returns true when this turned it
+   * on; the caller then sends a keepalive at once, as wireguard-go does.
    */
-  setPersistentKeepalive(peer: Peer<E>, seconds: number, now: number | null): readonly Outgoing<E>[] {
+  setPersistentKeepalive(peer: Peer<E>, seconds: number): boolean {
     if (!Number.isInteger(seconds) || seconds < 0 || seconds > 65535) {
       throw new StrataError('ERR_KEEPALIVE', 'persistent keepalive must be an integer from 0 to 65535');
     }
     const was = peer.persistentKeepaliveInterval;
     peer.persistentKeepaliveInterval = seconds;
     if (seconds === 0) peer.timers.persistentKeepalive = null;
-    if (now !== null && seconds > 0 && was === 0 && peer.endpoint !== null) return this.#sendKeepalive(peer, now);
-    return NONE;
+    return was === 0 && seconds > 0;
+  }
+
+  /** Sends a keepalive (or what is staged) to a peer now. */
+  sendKeepalive(peer: Peer<E>, now: number): Outgoing<E>[] {
+    return this.#sendKeepalive(peer, now);
+  }
+
+  /** Sends what is staged for a peer, starting a handshake if there is no session. */
+  sendStaged(peer: Peer<E>, now: number): Outgoing<E>[] {
+    return this.#sendStaged(peer, now);
   }
 
   // ---- outbound --------------------------------------------------------------------------
@@ -272,7 +282,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
       this.#traversal(peer, now);
       peer.timers.sendKeepalive = null;
       if (packet.length > 0 && peer.timers.newHandshake === null) {
-        peer.timers.newHandshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + this.#jitter();
+        this.#arm(peer, 'newHandshake', now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + this.#jitter());
       }
       peer.txBytes += datagram.length;
       return { kind: 'sent', out: [{ endpoint: peer.endpoint, datagram }] };
@@ -288,6 +298,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   }
 
   #sendStaged(peer: Peer<E>, now: number): Outgoing<E>[] {
+    if (peer.staged.length === 0) return [];
     const kp = peer.current;
     if (kp === null || kp.sendCounter >= REJECT_AFTER_MESSAGES || now - kp.created >= REJECT_AFTER_TIME) {
       return this.#initiate(peer, now, false);
@@ -303,7 +314,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
       this.#traversal(peer, now);
       peer.timers.sendKeepalive = null; // any authenticated packet sent
       if (packet.length > 0 && peer.timers.newHandshake === null) {
-        peer.timers.newHandshake = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + this.#jitter();
+        this.#arm(peer, 'newHandshake', now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + this.#jitter());
       }
       if (peer.endpoint === null) this.#count('no-endpoint');
       else {
@@ -361,7 +372,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     peer.cookies.addMacs(message, now);
     this.#traversal(peer, now);
     peer.timers.sendKeepalive = null;
-    peer.timers.retransmitHandshake = now + REKEY_TIMEOUT + this.#jitter();
+    this.#arm(peer, 'retransmitHandshake', now + REKEY_TIMEOUT + this.#jitter());
     if (peer.endpoint === null) {
       this.#count('no-endpoint');
       return [];
@@ -445,7 +456,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     peer.handshake.lastSentHandshake = now;
     peer.cookies.addMacs(r.message, now);
     this.#beginSession(peer, r.keys, false, now);
-    peer.timers.zeroKeyMaterial = now + KEY_ZERO_AFTER; // session derived
+    this.#arm(peer, 'zeroKeyMaterial', now + KEY_ZERO_AFTER); // session derived
     this.#traversal(peer, now);
     peer.timers.sendKeepalive = null;
     peer.txBytes += r.message.length;
@@ -463,7 +474,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     this.#traversal(peer, now);
     peer.timers.newHandshake = null;
     this.#beginSession(peer, keys, true, now);
-    peer.timers.zeroKeyMaterial = now + KEY_ZERO_AFTER;
+    this.#arm(peer, 'zeroKeyMaterial', now + KEY_ZERO_AFTER);
     this.#handshakeComplete(peer, now);
     return { kind: 'handled', what: 'response', out: this.#sendKeepalive(peer, now) };
   }
@@ -508,7 +519,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     peer.timers.newHandshake = null;
     if (plain.length === 0) return { kind: 'handled', what: 'keepalive', out };
     // data received
-    if (peer.timers.sendKeepalive === null) peer.timers.sendKeepalive = now + KEEPALIVE_TIMEOUT;
+    if (peer.timers.sendKeepalive === null) this.#arm(peer, 'sendKeepalive', now + KEEPALIVE_TIMEOUT);
     else peer.needAnotherKeepalive = true;
     return this.#checkInner(peer, plain, out);
   }
@@ -588,7 +599,25 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   }
 
   #traversal(peer: Peer<E>, now: number): void {
-    if (peer.persistentKeepaliveInterval > 0) peer.timers.persistentKeepalive = now + peer.persistentKeepaliveInterval * 1000;
+    if (peer.persistentKeepaliveInterval > 0) this.#arm(peer, 'persistentKeepalive', now + peer.persistentKeepaliveInterval * 1000);
+  }
+
+  #arm(peer: Peer<E>, timer: keyof Peer<E>['timers'], at: number): void {
+    peer.timers[timer] = at;
+    if (at < this.#wake) this.#wake = at;
+  }
+
+  /**
+   * A time at or before the earliest armed timer, kept in O(1) as timers are armed (disarming
+   * does not raise it, so it may be early: a driver that wakes then just calls tick).
+   */
+  get wakeHint(): number {
+    return this.#wake;
+  }
+
+  /** Recomputes the wake hint exactly (after a tick). */
+  resetWakeHint(): void {
+    this.#wake = this.nextDeadline() ?? Infinity;
   }
 
   #newIndex(peer: Peer<E>, keypair: Keypair | null): number {
@@ -637,7 +666,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
         t.sendKeepalive = null;
         for (let i = 0; i < peer.staged.length; i++) this.#count('handshake-gave-up');
         peer.staged.length = 0;
-        if (t.zeroKeyMaterial === null) t.zeroKeyMaterial = now + KEY_ZERO_AFTER;
+        if (t.zeroKeyMaterial === null) this.#arm(peer, 'zeroKeyMaterial', now + KEY_ZERO_AFTER);
       } else {
         peer.handshakeAttempts++;
         out.push(...this.#initiate(peer, now, true));
@@ -648,7 +677,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
       out.push(...this.#sendKeepalive(peer, now));
       if (peer.needAnotherKeepalive) {
         peer.needAnotherKeepalive = false;
-        t.sendKeepalive = now + KEEPALIVE_TIMEOUT;
+        this.#arm(peer, 'sendKeepalive', now + KEEPALIVE_TIMEOUT);
       }
     }
     if (due(t.newHandshake)) {

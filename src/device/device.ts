@@ -1,0 +1,132 @@
+/**
+ * A WireGuard device: drives the sans-I/O core with a TUN and a UDP bind, on the monotonic
+ * clock, with one timer armed at the core's earliest deadline. Per packet it does one core
+ * call and the I/O it returns; nothing is logged on the data path.
+ */
+import { WireGuard } from '../wireguard/core.ts';
+import type { Outgoing } from '../wireguard/core.ts';
+import type { Tun, UdpBind, UdpEndpoint } from '../io/types.ts';
+
+export interface DeviceOptions {
+  tun: Tun;
+  bind: UdpBind;
+  /** Called once when the device stops because its TUN went away. */
+  onTunClosed?: (reason: Error) => void;
+}
+
+export class Device {
+  readonly core: WireGuard<UdpEndpoint>;
+  readonly tun: Tun;
+  readonly bind: UdpBind;
+  /** The port asked for (0 = any); `bind.port` is the port bound. */
+  listenPort = 0;
+  fwmark = 0;
+  #timer: NodeJS.Timeout | null = null;
+  #timerAt = Infinity;
+  #up = false;
+  readonly #onTunClosed: ((reason: Error) => void) | undefined;
+  /** Packets from the TUN and datagrams from the bind, for counters. */
+  stats = { tunPackets: 0, udpDatagrams: 0 };
+
+  constructor(options: DeviceOptions) {
+    this.tun = options.tun;
+    this.bind = options.bind;
+    this.#onTunClosed = options.onTunClosed;
+    this.core = new WireGuard<UdpEndpoint>({ epochMs: Date.now() - performance.now(), mtu: this.tun.mtu });
+  }
+
+  now(): number {
+    return performance.now();
+  }
+
+  /** Opens the UDP port and starts moving packets. */
+  async up(listenPort = 0): Promise<void> {
+    this.listenPort = listenPort;
+    await this.bind.open(listenPort);
+    this.bind.start((d, from) => this.#onDatagram(d, from));
+    this.tun.start(
+      (p) => this.#onTunPacket(p),
+      (e) => {
+        this.close();
+        this.#onTunClosed?.(e);
+      },
+    );
+    this.#up = true;
+    this.#schedule();
+  }
+
+  /** Rebinds to a new port; 0 picks one. Endpoints learned so far stay. */
+  async setListenPort(port: number): Promise<void> {
+    this.listenPort = port;
+    if (this.#up) await this.bind.open(port);
+  }
+
+  /** Sets the firewall mark on outgoing UDP (SO_MARK); 0 clears it. */
+  setFwmark(mark: number): void {
+    this.bind.setMark(mark);
+    this.fwmark = mark;
+  }
+
+  #send(out: readonly Outgoing<UdpEndpoint>[]): void {
+    for (let i = 0; i < out.length; i++) this.bind.send(out[i]!.datagram, out[i]!.endpoint);
+  }
+
+  #onTunPacket(p: Uint8Array): void {
+    this.stats.tunPackets++;
+    const r = this.core.send(p, this.now());
+    if (r.kind !== 'drop') this.#send(r.out);
+    this.#schedule();
+  }
+
+  #onDatagram(d: Uint8Array, from: UdpEndpoint): void {
+    this.stats.udpDatagrams++;
+    const r = this.core.receive(d, from, this.now());
+    if (r.kind === 'deliver') this.tun.write(r.packet);
+    this.#send(r.out);
+    this.#schedule();
+  }
+
+  /** Sends what a configuration change produced (e.g. a persistent keepalive turned on). */
+  emit(out: readonly Outgoing<UdpEndpoint>[]): void {
+    this.#send(out);
+    this.#schedule();
+  }
+
+  #schedule(): void {
+    if (!this.#up) return;
+    const at = this.core.wakeHint;
+    if (at >= this.#timerAt) return;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => this.#fire(), Math.max(0, at - this.now()));
+  }
+
+  #fire(): void {
+    this.#timer = null;
+    this.#timerAt = Infinity;
+    const now = this.now();
+    this.#send(this.core.tick(now));
+    this.core.resetWakeHint();
+    this.#schedule();
+  }
+
+  /** Re-evaluates timers after configuration changes. */
+  reschedule(): void {
+    this.core.resetWakeHint();
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#timerAt = Infinity;
+    this.#schedule();
+  }
+
+  close(): void {
+    if (!this.#up) return;
+    this.#up = false;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.tun.close();
+    void this.bind.close();
+    for (const p of [...this.core.peers()]) this.core.removePeer(p);
+    this.core.setPrivateKey(null);
+  }
+}

@@ -1,0 +1,31 @@
+/**
+ * The narrow I/O interfaces the device drives, so the same device runs over real sockets and
+ * TUN or over the in-memory doubles in memory.ts.
+ */
+import type { Endpoint } from '../wireguard/peer.ts';
+
+export interface UdpEndpoint extends Endpoint {
+  readonly family: 'IPv4' | 'IPv6';
+}
+
+/** A layer-3 TUN device: one IP packet per read and per write. */
+export interface Tun {
+  readonly name: string;
+  readonly mtu: number;
+  /** Starts reading; `onPacket` gets each packet (the buffer is the callee's to keep). */
+  start(onPacket: (packet: Uint8Array) => void, onClosed: (reason: Error) => void): void;
+  write(packet: Uint8Array): void;
+  close(): void;
+}
+
+/** A UDP bind on one port for IPv4 and (where available) IPv6. */
+export interface UdpBind {
+  /** Binds to `port` (0 picks one) and returns the port bound. */
+  open(port: number): Promise<number>;
+  readonly port: number;
+  start(onDatagram: (datagram: Uint8Array, from: UdpEndpoint) => void): void;
+  send(datagram: Uint8Array, to: UdpEndpoint): void;
+  /** Sets SO_MARK on the sockets (0 clears); throws if the platform cannot. */
+  setMark(mark: number): void;
+  close(): Promise<void>;
+}

@@ -1,0 +1,126 @@
+/**
+ * UDP bind over node:dgram: an IPv4 socket and an IPv6-only socket on the same port, each with
+ * large kernel buffers (as wireguard-go asks for 7 MiB). If the namespace has no IPv6, the
+ * IPv4 socket serves alone.
+ */
+import dgram from 'node:dgram';
+import { sys } from './libc.ts';
+import type { UdpBind, UdpEndpoint } from './types.ts';
+
+const SOL_SOCKET = 1;
+const SO_MARK = 36;
+
+/** The file descriptor behind a bound dgram socket (Node keeps it on its internal handle). */
+function socketFd(s: dgram.Socket): number | null {
+  for (const sym of Object.getOwnPropertySymbols(s)) {
+    const state = (s as unknown as Record<symbol, { handle?: { fd?: number } } | undefined>)[sym];
+    const fd = state?.handle?.fd;
+    if (typeof fd === 'number' && fd >= 0) return fd;
+  }
+  return null;
+}
+
+const SOCKET_BUFFER = 7 << 20;
+
+function bindSocket(type: 'udp4' | 'udp6', port: number): Promise<dgram.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = dgram.createSocket({ type, ipv6Only: type === 'udp6', reuseAddr: false });
+    const onError = (e: Error): void => {
+      s.close();
+      reject(e);
+    };
+    s.once('error', onError);
+    s.bind({ port, address: type === 'udp4' ? '0.0.0.0' : '::', exclusive: true }, () => {
+      s.off('error', onError);
+      for (const set of [() => s.setRecvBufferSize(SOCKET_BUFFER), () => s.setSendBufferSize(SOCKET_BUFFER)]) {
+        try {
+          set();
+        } catch {
+          // The kernel caps the size (net.core.rmem_max); what it grants is still used.
+        }
+      }
+      resolve(s);
+    });
+  });
+}
+
+export class NodeUdpBind implements UdpBind {
+  #v4: dgram.Socket | null = null;
+  #v6: dgram.Socket | null = null;
+  #port = 0;
+  #mark = 0;
+  #onDatagram: ((d: Uint8Array, from: UdpEndpoint) => void) | null = null;
+
+  get port(): number {
+    return this.#port;
+  }
+
+  async open(port: number): Promise<number> {
+    await this.close();
+    // With port 0, the IPv6 socket must get the port the IPv4 one was given; retry on a clash.
+    for (let attempt = 0; ; attempt++) {
+      const v4 = await bindSocket('udp4', port);
+      const bound = v4.address().port;
+      let v6: dgram.Socket | null = null;
+      try {
+        v6 = await bindSocket('udp6', bound);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EADDRINUSE' && port === 0 && attempt < 100) {
+          v4.close();
+          continue;
+        }
+        if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL' && code !== 'EPROTONOSUPPORT') {
+          v4.close();
+          throw e;
+        }
+      }
+      this.#v4 = v4;
+      this.#v6 = v6;
+      this.#port = bound;
+      if (this.#mark !== 0) this.setMark(this.#mark);
+      if (this.#onDatagram) this.#listen(this.#onDatagram);
+      return bound;
+    }
+  }
+
+  start(onDatagram: (d: Uint8Array, from: UdpEndpoint) => void): void {
+    this.#onDatagram = onDatagram;
+    this.#listen(onDatagram);
+  }
+
+  #listen(onDatagram: (d: Uint8Array, from: UdpEndpoint) => void): void {
+    for (const s of [this.#v4, this.#v6]) {
+      if (s === null) continue;
+      s.removeAllListeners('message');
+      // rinfo carries address, family and port: it is the endpoint as is.
+      s.on('message', (msg, rinfo) => onDatagram(msg, rinfo as UdpEndpoint));
+      s.on('error', () => {});
+    }
+  }
+
+  send(datagram: Uint8Array, to: UdpEndpoint): void {
+    const s = to.family === 'IPv6' ? this.#v6 : this.#v4;
+    if (s === null) return;
+    s.send(datagram, to.port, to.address);
+  }
+
+  /** SO_MARK through setsockopt on the sockets' descriptors (needs CAP_NET_ADMIN). */
+  setMark(mark: number): void {
+    const value = Buffer.alloc(4);
+    value.writeUInt32LE(mark >>> 0);
+    for (const s of [this.#v4, this.#v6]) {
+      if (s === null) continue;
+      const fd = socketFd(s);
+      if (fd === null) throw new Error('socket descriptor not available');
+      if (sys().setsockopt(fd, SOL_SOCKET, SO_MARK, value, 4) !== 0) throw new Error(`SO_MARK failed (errno ${sys().errno()})`);
+    }
+    this.#mark = mark;
+  }
+
+  async close(): Promise<void> {
+    const all = [this.#v4, this.#v6].filter((s): s is dgram.Socket => s !== null);
+    this.#v4 = this.#v6 = null;
+    await Promise.all(all.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  }
+}
