@@ -21,16 +21,20 @@ export function parseIPv4(text: string): IpBytes | null {
 export function parseIPv6(text: string): IpBytes | null {
   let t = text;
   const zone = t.indexOf('%');
-  if (zone >= 0) t = t.slice(0, zone);
+  if (zone >= 0) {
+    if (zone === t.length - 1) return null; // an empty zone
+    t = t.slice(0, zone);
+  }
   const halves = t.split('::');
   if (halves.length > 2) return null;
-  const groups = (s: string): number[] | null => {
+  // A dotted IPv4 tail is allowed only as the last 32 bits of the whole address.
+  const groups = (s: string, last: boolean): number[] | null => {
     if (s === '') return [];
     const out: number[] = [];
     const parts = s.split(':');
     for (let i = 0; i < parts.length; i++) {
       const p = parts[i]!;
-      if (i === parts.length - 1 && p.includes('.')) {
+      if (last && i === parts.length - 1 && p.includes('.')) {
         const v4 = parseIPv4(p);
         if (v4 === null) return null;
         out.push((v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!);
@@ -41,8 +45,8 @@ export function parseIPv6(text: string): IpBytes | null {
     }
     return out;
   };
-  const head = groups(halves[0]!);
-  const tail = halves.length === 2 ? groups(halves[1]!) : [];
+  const head = groups(halves[0]!, halves.length === 1);
+  const tail = halves.length === 2 ? groups(halves[1]!, true) : [];
   if (head === null || tail === null) return null;
   const fill = 8 - head.length - tail.length;
   if (halves.length === 2 ? fill < 1 : fill !== 0) return null;
@@ -61,6 +65,10 @@ export function parseIP(text: string): IpBytes | null {
 
 export function formatIP(b: IpBytes): string {
   if (b.length === 4) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+  // IPv4-mapped addresses print with a dotted tail, as wg and wireguard-go print them.
+  if (b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff) {
+    return `::ffff:${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
+  }
   const g: number[] = [];
   for (let i = 0; i < 16; i += 2) g.push((b[i]! << 8) | b[i + 1]!);
   // Compress the longest run of two or more zero groups (RFC 5952).
@@ -92,6 +100,7 @@ export interface Prefix {
 /** Parses "a.b.c.d/n" or "x::y/n" (a bare address is a host prefix); host bits are cleared. */
 export function parsePrefix(text: string): Prefix | null {
   const slash = text.indexOf('/');
+  if (text.includes('%')) return null; // a prefix has no zone
   const addr = parseIP(slash < 0 ? text : text.slice(0, slash));
   if (addr === null) return null;
   const max = addr.length * 8;
