@@ -9,10 +9,18 @@
  *   raw seal+open/s   node:crypto ChaCha20-Poly1305 alone on the same 1420 bytes, KeyObject
  *                     made once, a cipher per operation: the floor any Node code pays
  *
- * The last line gives the core's overhead over raw crypto. Numbers are rates on a shared
- * machine; read the ratio, not the absolutes.
+ *   raw native        the same AEAD through the native addon (OpenSSL context reused), when
+ *                     built: the floor for the native path
+ *
+ * The pure TypeScript path (STRATA_NATIVE=0) is measured in a child process. The last line
+ * gives the core's overhead over the raw AEAD it uses. Numbers are rates on a shared machine;
+ * read the ratios, not the absolutes.
  */
 import { createCipheriv, createDecipheriv, createSecretKey, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { AeadKey } from '../src/crypto/aead.ts';
+import { native } from '../src/native/index.ts';
 import { Pair, ipv4 } from '../test/harness.ts';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
@@ -81,18 +89,54 @@ function rawCrypto(): number {
   });
 }
 
-const rows: [string, number][] = [];
-const raw1 = rawCrypto();
-const core1 = coreTransport();
-const raw2 = rawCrypto();
-const core2 = coreTransport();
+function rawNative(): number | null {
+  if (native === null) return null;
+  const a = new native.Aead(randomBytes(32));
+  const payload = randomBytes(1420);
+  const sealed = Buffer.alloc(1420 + 16);
+  const opened = Buffer.alloc(1420);
+  let counter = 0n;
+  return rate(() => {
+    a.seal(counter, payload, 0, sealed, 0);
+    if (a.open(counter++, sealed, opened, 0) < 0) throw new Error('open failed');
+  });
+}
+
+// The pure TypeScript path runs in a child with STRATA_NATIVE=0 and reports its core rate.
+if (process.env.BENCH_CHILD === '1') {
+  const r = [coreTransport(), rawCrypto(), coreTransport(), rawCrypto()];
+  process.stdout.write(JSON.stringify({ core: (r[0]! + r[2]!) / 2, raw: (r[1]! + r[3]!) / 2 }));
+  process.exit(0);
+}
+
+const rawNode = [rawCrypto()];
+const rawNat = [rawNative()];
+const core = [coreTransport()];
+rawNode.push(rawCrypto());
+rawNat.push(rawNative());
+core.push(coreTransport());
 const hs = handshakes();
-const raw = (raw1 + raw2) / 2;
-const core = (core1 + core2) / 2;
-rows.push(['handshakes/s', hs], ['core seal+open/s (1420 B)', core], ['raw node:crypto seal+open/s (1420 B)', raw]);
-console.log(`node ${process.version}, ${SECONDS} s per measurement, raw and core alternated twice`);
-console.log('| measurement | rate |');
+const mean = (xs: (number | null)[]): number | null => (xs[0] == null ? null : xs.reduce<number>((a, b) => a + (b ?? 0), 0) / xs.length);
+const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url)], {
+  env: { ...process.env, STRATA_NATIVE: '0', BENCH_CHILD: '1' },
+  encoding: 'utf8',
+});
+const pure = child.status === 0 ? (JSON.parse(child.stdout) as { core: number; raw: number }) : null;
+
+const fmt = (v: number | null): string => (v === null ? 'n/a' : Math.round(v).toLocaleString('en'));
+const coreRate = mean(core)!;
+const nodeRate = mean(rawNode)!;
+const natRate = mean(rawNat);
+console.log(`node ${process.version}, ${SECONDS} s per measurement, alternated twice; transport AEAD backend: ${AeadKey.backend}`);
+console.log('| measurement (one core) | rate |');
 console.log('|---|---:|');
-for (const [k, v] of rows) console.log(`| ${k} | ${Math.round(v).toLocaleString('en')} |`);
-console.log(`| core throughput | ${((core * 1420 * 8) / 1e9).toFixed(2)} Gbit/s of payload |`);
-console.log(`core overhead over raw crypto: ${((raw / core - 1) * 100).toFixed(1)}% (ratio core/raw ${(core / raw).toFixed(3)})`);
+console.log(`| handshakes/s (both sides' work) | ${fmt(hs)} |`);
+console.log(`| core seal+open/s, 1420 B, ${AeadKey.backend} AEAD | ${fmt(coreRate)} |`);
+console.log(`| raw ${AeadKey.backend === 'native' ? 'native (OpenSSL, reused context)' : 'node:crypto'} seal+open/s | ${fmt(AeadKey.backend === 'native' ? natRate : nodeRate)} |`);
+console.log(`| raw node:crypto seal+open/s (KeyObject once, cipher per packet) | ${fmt(nodeRate)} |`);
+if (pure) console.log(`| core seal+open/s, pure TypeScript path (STRATA_NATIVE=0) | ${fmt(pure.core)} |`);
+console.log(`| core payload throughput | ${((coreRate * 1420 * 8) / 1e9).toFixed(2)} Gbit/s |`);
+if (pure) console.log(`pure path: core overhead over raw node:crypto: ${((pure.raw / pure.core - 1) * 100).toFixed(1)}%`);
+console.log(`core vs raw node:crypto: ${(coreRate / nodeRate).toFixed(2)}x`);
+const floor = AeadKey.backend === 'native' ? natRate! : nodeRate;
+console.log(`core overhead over the raw AEAD it uses (${AeadKey.backend}): ${((floor / coreRate - 1) * 100).toFixed(1)}%`);

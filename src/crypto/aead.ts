@@ -1,32 +1,50 @@
 /**
- * ChaCha20-Poly1305 (RFC 8439) from node:crypto, with a KeyObject created once per key, and
+ * ChaCha20-Poly1305 (RFC 8439) from node:crypto, or from the same OpenSSL through the native
+ * addon with its context reused, with a key set up once per session; and
  * XChaCha20-Poly1305 from @noble (cookie replies). Nonces are WireGuard's: 4 zero bytes then a
  * little-endian u64 counter.
  */
 import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject } from 'node:crypto';
 import { xchacha20poly1305 } from '@noble/ciphers/chacha.js';
+import { native, type NativeAead } from '../native/index.ts';
 
 export const TAG_LEN = 16;
 export const KEY_LEN = 32;
 const ZERO_PAD = new Uint8Array(16);
 
-/** A ChaCha20-Poly1305 key held as a KeyObject; the raw bytes are wiped on construction. */
+/**
+ * A transport key: ChaCha20-Poly1305 with no associated data, set up once per key. With the
+ * native addon the OpenSSL context is kept and reused for every packet; without it, a
+ * node:crypto KeyObject is kept and a cipher is made per packet. The raw key bytes passed in
+ * are wiped once the key is held.
+ */
 export class AeadKey {
-  #key: KeyObject | null;
+  #key: KeyObject | null = null;
+  #native: NativeAead | null = null;
+  #live = true;
   readonly #nonce = Buffer.alloc(12);
 
   constructor(raw: Uint8Array) {
     if (raw.length !== KEY_LEN) throw new RangeError('AEAD key must be 32 bytes');
-    this.#key = createSecretKey(raw);
+    if (native !== null) this.#native = new native.Aead(raw);
+    else this.#key = createSecretKey(raw);
     raw.fill(0);
   }
 
-  get destroyed(): boolean {
-    return this.#key === null;
+  /** 'native' (reused OpenSSL context) or 'node' (node:crypto, a cipher per packet). */
+  static get backend(): 'native' | 'node' {
+    return native !== null ? 'native' : 'node';
   }
 
-  /** Drops the key object; later use throws. (Node offers no way to overwrite a KeyObject.) */
+  get destroyed(): boolean {
+    return !this.#live;
+  }
+
+  /** Frees the key: the native context is freed (OpenSSL cleanses it); later use throws. */
   destroy(): void {
+    this.#live = false;
+    this.#native?.destroy();
+    this.#native = null;
     this.#key = null;
   }
 
@@ -35,20 +53,9 @@ export class AeadKey {
     return this.#nonce;
   }
 
-  #live(): KeyObject {
-    if (this.#key === null) throw new Error('AEAD key used after destroy');
+  #object(): KeyObject {
+    if (!this.#live || this.#key === null) throw new Error('AEAD key used after destroy');
     return this.#key;
-  }
-
-  /** Encrypts into out[offset..] (plaintext.length + 16 bytes) and returns the bytes written. */
-  sealInto(counter: bigint, plaintext: Uint8Array, aad: Uint8Array | null, out: Uint8Array, offset: number): number {
-    const c = createCipheriv('chacha20-poly1305', this.#live(), this.#setNonce(counter), { authTagLength: TAG_LEN });
-    if (aad !== null && aad.length > 0) c.setAAD(aad, { plaintextLength: plaintext.length });
-    const body = c.update(plaintext);
-    c.final();
-    out.set(body, offset);
-    out.set(c.getAuthTag(), offset + body.length);
-    return body.length + TAG_LEN;
   }
 
   /**
@@ -56,7 +63,8 @@ export class AeadKey {
    * of the plaintext; returns the bytes written (plaintext + pad + 16).
    */
   sealPaddedInto(counter: bigint, plaintext: Uint8Array, pad: number, out: Uint8Array, offset: number): number {
-    const c = createCipheriv('chacha20-poly1305', this.#live(), this.#setNonce(counter), { authTagLength: TAG_LEN });
+    if (this.#native !== null) return this.#native.seal(counter, plaintext, pad, out, offset);
+    const c = createCipheriv('chacha20-poly1305', this.#object(), this.#setNonce(counter), { authTagLength: TAG_LEN });
     let o = offset;
     const body = c.update(plaintext);
     out.set(body, o);
@@ -71,19 +79,22 @@ export class AeadKey {
     return o + TAG_LEN - offset;
   }
 
-  seal(counter: bigint, plaintext: Uint8Array, aad: Uint8Array | null = null): Uint8Array {
+  seal(counter: bigint, plaintext: Uint8Array): Uint8Array {
     const out = new Uint8Array(plaintext.length + TAG_LEN);
-    this.sealInto(counter, plaintext, aad, out, 0);
+    this.sealPaddedInto(counter, plaintext, 0, out, 0);
     return out;
   }
 
   /** Decrypts ciphertext||tag; returns null when authentication fails. */
-  open(counter: bigint, sealed: Uint8Array, aad: Uint8Array | null = null): Uint8Array | null {
+  open(counter: bigint, sealed: Uint8Array): Uint8Array | null {
     if (sealed.length < TAG_LEN) return null;
     const n = sealed.length - TAG_LEN;
-    const d = createDecipheriv('chacha20-poly1305', this.#live(), this.#setNonce(counter), { authTagLength: TAG_LEN });
+    if (this.#native !== null) {
+      const out = Buffer.allocUnsafe(n);
+      return this.#native.open(counter, sealed, out, 0) < 0 ? null : new Uint8Array(out.buffer, out.byteOffset, n);
+    }
+    const d = createDecipheriv('chacha20-poly1305', this.#object(), this.#setNonce(counter), { authTagLength: TAG_LEN });
     d.setAuthTag(sealed.subarray(n));
-    if (aad !== null && aad.length > 0) d.setAAD(aad, { plaintextLength: n });
     const body = d.update(sealed.subarray(0, n));
     try {
       d.final();
@@ -91,17 +102,37 @@ export class AeadKey {
       body.fill(0);
       return null;
     }
-    return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+    return new Uint8Array(body.buffer, body.byteOffset, body.length);
   }
 }
 
-/** One-shot ChaCha20-Poly1305 with a key used once (handshake messages). */
+function nonceOf(counter: bigint): Buffer {
+  const n = Buffer.alloc(12);
+  n.writeBigUInt64LE(counter, 4);
+  return n;
+}
+
+/** One-shot ChaCha20-Poly1305 with associated data (handshake messages), from node:crypto. */
 export function sealOnce(key: Uint8Array, counter: bigint, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
-  return new AeadKey(Uint8Array.from(key)).seal(counter, plaintext, aad);
+  const c = createCipheriv('chacha20-poly1305', key, nonceOf(counter), { authTagLength: TAG_LEN });
+  c.setAAD(aad, { plaintextLength: plaintext.length });
+  return Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);
 }
 
 export function openOnce(key: Uint8Array, counter: bigint, sealed: Uint8Array, aad: Uint8Array): Uint8Array | null {
-  return new AeadKey(Uint8Array.from(key)).open(counter, sealed, aad);
+  if (sealed.length < TAG_LEN) return null;
+  const n = sealed.length - TAG_LEN;
+  const d = createDecipheriv('chacha20-poly1305', key, nonceOf(counter), { authTagLength: TAG_LEN });
+  d.setAuthTag(sealed.subarray(n));
+  d.setAAD(aad, { plaintextLength: n });
+  const body = d.update(sealed.subarray(0, n));
+  try {
+    d.final();
+  } catch {
+    body.fill(0);
+    return null;
+  }
+  return body;
 }
 
 export function xseal(key: Uint8Array, nonce24: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {

@@ -340,7 +340,9 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     const counter = kp.sendCounter;
     kp.sendCounter = counter + 1n;
     // Every byte is written below (header, sealed body, padding, tag): no zero-fill needed.
-    const datagram = Buffer.allocUnsafe(TRANSPORT_HEADER_SIZE + n + pad + 16);
+    const size = TRANSPORT_HEADER_SIZE + n + pad + 16;
+    const pooled = Buffer.allocUnsafe(size);
+    const datagram = new Uint8Array(pooled.buffer, pooled.byteOffset, size);
     writeTransportHeader(datagram, kp.remoteIndex, counter);
     kp.send.sealPaddedInto(counter, packet, pad, datagram, TRANSPORT_HEADER_SIZE);
     return datagram;
