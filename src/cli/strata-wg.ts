@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Device } from '../device/device.ts';
 import { UapiServer } from '../device/uapi.ts';
-import { LinuxTun } from '../io/tun.ts';
-import { NodeUdpBind } from '../io/udp.ts';
+import { createBind, createTun } from '../io/index.ts';
+import type { Tun } from '../io/types.ts';
 
 const VERSION = '0.1.0';
 const USAGE = 'Usage: strata-wg [-f/--foreground] INTERFACE-NAME';
@@ -65,9 +65,9 @@ if (!foreground) {
 }
 
 async function run(name: string): Promise<void> {
-  let tun: LinuxTun;
+  let tun: Tun;
   try {
-    tun = LinuxTun.create(name, 1420);
+    tun = createTun(name, 1420);
   } catch (e) {
     fail(`failed to create TUN device: ${(e as Error).message}`);
   }
@@ -82,7 +82,7 @@ async function run(name: string): Promise<void> {
     device.close();
     process.exit(0);
   };
-  const device = new Device({ tun, bind: new NodeUdpBind(), onTunClosed: () => stop('interface removed') });
+  const device = new Device({ tun, bind: createBind(), onTunClosed: () => stop('interface removed') });
   try {
     uapi = await UapiServer.listen(device, socketPath);
   } catch (e) {

@@ -81,6 +81,13 @@ export class LinuxTun implements Tun {
     }
   }
 
+  /** Hands the descriptor over (to the native reader); this object no longer reads or closes it. */
+  takeFd(): number {
+    const fd = this.#fd;
+    this.#closed = true;
+    return fd;
+  }
+
   start(onPacket: (packet: Uint8Array) => void, onClosed: (reason: Error) => void): void {
     const loop = (): void => {
       if (this.#closed) return;

@@ -12,7 +12,7 @@ export interface UdpEndpoint extends Endpoint {
 export interface Tun {
   readonly name: string;
   readonly mtu: number;
-  /** Starts reading; `onPacket` gets each packet (the buffer is the callee's to keep). */
+  /** Starts reading; `onPacket` gets each packet, valid only during the call (copy to keep). */
   start(onPacket: (packet: Uint8Array) => void, onClosed: (reason: Error) => void): void;
   write(packet: Uint8Array): void;
   close(): void;
@@ -23,6 +23,7 @@ export interface UdpBind {
   /** Binds to `port` (0 picks one) and returns the port bound. */
   open(port: number): Promise<number>;
   readonly port: number;
+  /** `onDatagram` gets each datagram, valid only during the call (copy to keep). */
   start(onDatagram: (datagram: Uint8Array, from: UdpEndpoint) => void): void;
   send(datagram: Uint8Array, to: UdpEndpoint): void;
   /** Sets SO_MARK on the sockets (0 clears); throws if the platform cannot. */

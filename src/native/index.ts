@@ -36,7 +36,8 @@ export interface NativeAddon {
     rxMeta: Int32Array,
     txData: ArrayBuffer,
     txMeta: Int32Array,
-    slots: number,
+    rxSlots: number,
+    txSlots: number,
     slotSize: number,
   ) => NativeUdpSocket;
   TunQueue: new (fd: number, rxData: ArrayBuffer, rxMeta: Int32Array, slots: number, slotSize: number) => NativeTunQueue;

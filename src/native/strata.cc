@@ -47,9 +47,20 @@ static bool Bytes(napi_env env, napi_value v, uint8_t** data, size_t* len) {
     napi_value ab;
     void* raw;
     if (napi_get_typedarray_info(env, v, &type, &length, &raw, &ab, &offset) != napi_ok) return false;
-    if (type != napi_uint8_array && type != napi_uint8_clamped_array && type != napi_int8_array) return false;
+    size_t width;
+    switch (type) {
+      case napi_int8_array:
+      case napi_uint8_array:
+      case napi_uint8_clamped_array: width = 1; break;
+      case napi_int16_array:
+      case napi_uint16_array: width = 2; break;
+      case napi_int32_array:
+      case napi_uint32_array:
+      case napi_float32_array: width = 4; break;
+      default: width = 8; break;
+    }
     *data = static_cast<uint8_t*>(raw);
-    *len = length;
+    *len = length * width;  // in bytes
     return true;
   }
   if (napi_is_arraybuffer(env, v, &is) == napi_ok && is) {
@@ -423,29 +434,29 @@ static napi_value PolledFd(napi_env env, napi_callback_info info) {
 }
 
 // ------------------------------------------------------------------------------------------
-// UdpSocket(family 4|6, port, rxData, rxMeta, txData, txMeta, slots, slotSize)
+// UdpSocket(family 4|6, port, rxData, rxMeta, txData, txMeta, rxSlots, txSlots, slotSize)
 
 static napi_value UdpNew(napi_env env, napi_callback_info info) {
-  size_t argc = 8;
-  napi_value argv[8], self;
+  size_t argc = 9;
+  napi_value argv[9], self;
   CHECK(napi_get_cb_info(env, info, &argc, argv, &self, nullptr));
-  int32_t family, port, slots, slotSize;
-  if (argc < 8 || !I32(env, argv[0], &family) || !I32(env, argv[1], &port) || !I32(env, argv[6], &slots) ||
-      !I32(env, argv[7], &slotSize) || (family != 4 && family != 6) || port < 0 || port > 65535) {
+  int32_t family, port, slots, txSlots, slotSize;
+  if (argc < 9 || !I32(env, argv[0], &family) || !I32(env, argv[1], &port) || !I32(env, argv[6], &slots) ||
+      !I32(env, argv[7], &txSlots) || !I32(env, argv[8], &slotSize) || (family != 4 && family != 6) || port < 0 || port > 65535) {
     napi_throw_type_error(env, "ERR_ARGS", "UdpSocket: bad arguments");
     return nullptr;
   }
   auto* p = new Polled();
   p->env = env;
   p->family = family;
-  if (!ArenaFrom(env, argv[2], argv[3], slots, slotSize, &p->rx) || !ArenaFrom(env, argv[4], argv[5], slots, slotSize, &p->tx)) {
+  if (!ArenaFrom(env, argv[2], argv[3], slots, slotSize, &p->rx) || !ArenaFrom(env, argv[4], argv[5], txSlots, slotSize, &p->tx)) {
     ArenaRelease(env, &p->rx);
     ArenaRelease(env, &p->tx);
     delete p;
     napi_throw_range_error(env, "ERR_ARGS", "UdpSocket: arenas too small");
     return nullptr;
   }
-  p->msgs.resize(slots);
+  p->msgs.resize(slots > txSlots ? slots : txSlots);
   p->iovs.resize(slots);
   p->addrs.resize(slots);
   int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

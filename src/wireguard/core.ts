@@ -267,7 +267,10 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     return null;
   }
 
-  /** Encrypts a packet for one peer, or stages it and starts a handshake. */
+  /**
+   * Encrypts a packet for one peer, or stages a copy of it and starts a handshake. `packet` is
+   * not kept after the call returns.
+   */
   sendTo(peer: Peer<E>, packet: Uint8Array, now: number): SendResult<E> {
     // Fast path: nothing waiting and a usable session — seal straight away.
     const kp = peer.current;
@@ -291,9 +294,11 @@ export class WireGuard<E extends Endpoint = Endpoint> {
       peer.staged.shift();
       this.#count('staged-overflow');
     }
-    peer.staged.push(packet);
+    // The caller's buffer may be reused after this call (a driver's receive arena): keep a copy.
+    const kept = packet.slice();
+    peer.staged.push(kept);
     const out = this.#sendStaged(peer, now);
-    const sent = !peer.staged.includes(packet);
+    const sent = !peer.staged.includes(kept);
     return sent ? { kind: 'sent', out } : { kind: 'queued', out };
   }
 

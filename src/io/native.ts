@@ -1,0 +1,244 @@
+/**
+ * TUN and UDP through the native addon: descriptors polled by libuv, UDP read with recvmmsg
+ * and written with sendmmsg, TUN read in batches. Packets handed to callbacks are views into
+ * the receive arenas, valid only during the call (the core copies what it keeps). Outgoing
+ * datagrams are copied into a send arena and flushed once per batch (a microtask after the
+ * callback that produced them).
+ */
+import { StrataError } from '../crypto/errors.ts';
+import { formatIP, parseIPv4 as parseV4, parseIPv6 as parseV6 } from '../wireguard/ip.ts';
+import { native, type NativeTunQueue, type NativeUdpSocket } from '../native/index.ts';
+import { LinuxTun } from './tun.ts';
+import type { Tun, UdpBind, UdpEndpoint } from './types.ts';
+
+const SLOT = 65536;
+const RX_SLOTS = 64;
+const TX_SLOTS = 32;
+const META = 8; // int32 entries per slot: length, family, port, scope, address (16 bytes)
+
+function addon(): NonNullable<typeof native> {
+  if (native === null) throw new StrataError('ERR_NATIVE', 'the native addon is not built');
+  return native;
+}
+
+class Side {
+  readonly sock: NativeUdpSocket;
+  readonly family: 4 | 6;
+  readonly rx = new Uint8Array(new ArrayBuffer(RX_SLOTS * SLOT));
+  readonly rxMeta = new Int32Array(RX_SLOTS * META);
+  readonly tx = new Uint8Array(new ArrayBuffer(TX_SLOTS * SLOT));
+  readonly txMeta = new Int32Array(TX_SLOTS * META);
+  readonly txAddr = new Uint8Array(this.txMeta.buffer);
+  queued = 0;
+  flushScheduled = false;
+  /** Endpoint objects by address and port, so the core sees one object per sender. */
+  readonly endpoints = new Map<number | string, UdpEndpoint>();
+
+  constructor(family: 4 | 6, port: number) {
+    this.family = family;
+    this.sock = new (addon().UdpSocket)(family, port, this.rx.buffer as ArrayBuffer, this.rxMeta, this.tx.buffer as ArrayBuffer, this.txMeta, RX_SLOTS, TX_SLOTS, SLOT);
+  }
+
+  endpointOf(i: number): UdpEndpoint {
+    const m = this.rxMeta;
+    const o = i * META;
+    const port = m[o + 2]!;
+    if (m[o + 1] === 4) {
+      const key = (m[o + 4]! >>> 0) * 65536 + port;
+      let e = this.endpoints.get(key);
+      if (e === undefined) {
+        const b = new Uint8Array(this.rxMeta.buffer, (o + 4) * 4, 4);
+        e = { address: formatIP(Uint8Array.from(b)), port, family: 'IPv4' };
+        this.#remember(key, e);
+      }
+      return e;
+    }
+    const key = `${m[o + 4]},${m[o + 5]},${m[o + 6]},${m[o + 7]},${m[o + 3]},${port}`;
+    let e = this.endpoints.get(key);
+    if (e === undefined) {
+      const b = Uint8Array.from(new Uint8Array(this.rxMeta.buffer, (o + 4) * 4, 16));
+      // An IPv4-mapped source on the IPv6 socket cannot happen (IPV6_V6ONLY), so this is IPv6.
+      e = { address: formatIP(b), port, family: 'IPv6' };
+      this.#remember(key, e);
+    }
+    return e;
+  }
+
+  #remember(key: number | string, e: UdpEndpoint): void {
+    if (this.endpoints.size >= 4096) this.endpoints.clear();
+    this.endpoints.set(key, e);
+  }
+
+  enqueue(datagram: Uint8Array, to: UdpEndpoint, addr: Uint8Array): void {
+    if (datagram.length > SLOT) return;
+    if (this.queued === TX_SLOTS) this.flush();
+    const i = this.queued++;
+    this.tx.set(datagram, i * SLOT);
+    const o = i * META;
+    this.txMeta[o] = datagram.length;
+    this.txMeta[o + 1] = this.family;
+    this.txMeta[o + 2] = to.port;
+    this.txMeta[o + 3] = 0;
+    this.txAddr.set(addr, (o + 4) * 4);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  flush(): void {
+    this.flushScheduled = false;
+    if (this.queued === 0) return;
+    this.sock.send(this.queued);
+    this.queued = 0;
+  }
+}
+
+/** Address bytes of an endpoint, cached on the endpoint object itself. */
+const addrCache = new WeakMap<UdpEndpoint, Uint8Array>();
+function addrBytes(e: UdpEndpoint): Uint8Array | null {
+  let b = addrCache.get(e);
+  if (b === undefined) {
+    const a = e.address;
+    const pct = a.indexOf('%');
+    const text = pct < 0 ? a : a.slice(0, pct);
+    const parsed = e.family === 'IPv4' ? parseV4(text) : parseV6(text);
+    if (parsed === null) return null;
+    b = parsed;
+    addrCache.set(e, b);
+  }
+  return b;
+}
+
+export class NativeUdpBind implements UdpBind {
+  #v4: Side | null = null;
+  #v6: Side | null = null;
+  #port = 0;
+  #mark = 0;
+  #onDatagram: ((d: Uint8Array, from: UdpEndpoint) => void) | null = null;
+
+  get port(): number {
+    return this.#port;
+  }
+
+  async open(port: number): Promise<number> {
+    await this.close();
+    for (let attempt = 0; ; attempt++) {
+      const v4 = new Side(4, port);
+      const bound = v4.sock.port();
+      let v6: Side | null = null;
+      try {
+        v6 = new Side(6, bound);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'EADDRINUSE' && port === 0 && attempt < 100) {
+          v4.sock.close();
+          continue;
+        }
+        if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') {
+          v4.sock.close();
+          throw e;
+        }
+      }
+      this.#v4 = v4;
+      this.#v6 = v6;
+      this.#port = bound;
+      if (this.#mark !== 0) this.setMark(this.#mark);
+      if (this.#onDatagram) this.#listen();
+      return bound;
+    }
+  }
+
+  start(onDatagram: (d: Uint8Array, from: UdpEndpoint) => void): void {
+    this.#onDatagram = onDatagram;
+    this.#listen();
+  }
+
+  #listen(): void {
+    const on = this.#onDatagram;
+    if (on === null) return;
+    for (const side of [this.#v4, this.#v6]) {
+      if (side === null) continue;
+      side.sock.start((n) => {
+        for (let i = 0; i < n; i++) {
+          const len = side.rxMeta[i * META]!;
+          if (len < 0) continue; // larger than a slot: not a WireGuard datagram we could take
+          on(side.rx.subarray(i * SLOT, i * SLOT + len), side.endpointOf(i));
+        }
+      });
+    }
+  }
+
+  send(datagram: Uint8Array, to: UdpEndpoint): void {
+    const side = to.family === 'IPv6' ? this.#v6 : this.#v4;
+    const addr = addrBytes(to);
+    if (side === null || addr === null) return;
+    side.enqueue(datagram, to, addr);
+  }
+
+  setMark(mark: number): void {
+    for (const side of [this.#v4, this.#v6]) {
+      if (side === null) continue;
+      const r = side.sock.setMark(mark);
+      if (r !== 0) throw new Error(`SO_MARK failed (errno ${-r})`);
+    }
+    this.#mark = mark;
+  }
+
+  async close(): Promise<void> {
+    for (const side of [this.#v4, this.#v6]) {
+      side?.flush();
+      side?.sock.close();
+    }
+    this.#v4 = this.#v6 = null;
+  }
+}
+
+export class NativeTun implements Tun {
+  readonly #linux: LinuxTun;
+  readonly #queue: NativeTunQueue;
+  readonly #rx = new Uint8Array(new ArrayBuffer(RX_SLOTS * SLOT));
+  readonly #rxMeta = new Int32Array(RX_SLOTS * META);
+  #closed = false;
+
+  private constructor(linux: LinuxTun) {
+    this.#linux = linux;
+    this.#queue = new (addon().TunQueue)(linux.takeFd(), this.#rx.buffer as ArrayBuffer, this.#rxMeta, RX_SLOTS, SLOT);
+  }
+
+  static create(name: string, mtu = 1420): NativeTun {
+    return new NativeTun(LinuxTun.create(name, mtu));
+  }
+
+  get name(): string {
+    return this.#linux.name;
+  }
+
+  get mtu(): number {
+    return this.#linux.mtu;
+  }
+
+  start(onPacket: (packet: Uint8Array) => void, onClosed: (reason: Error) => void): void {
+    this.#queue.start((n) => {
+      if (n < 0) {
+        this.close();
+        onClosed(new Error(`TUN read failed (errno ${-n})`));
+        return;
+      }
+      for (let i = 0; i < n; i++) {
+        const len = this.#rxMeta[i * META]!;
+        onPacket(this.#rx.subarray(i * SLOT, i * SLOT + len));
+      }
+    });
+  }
+
+  write(packet: Uint8Array): void {
+    if (!this.#closed) this.#queue.write(packet);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#queue.close();
+  }
+}
