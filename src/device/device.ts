@@ -55,16 +55,28 @@ export class Device {
     this.#schedule();
   }
 
-  /** Rebinds to a new port; 0 picks one. Endpoints learned so far stay. */
+  /**
+   * Rebinds to a new port; 0 picks one. Endpoints stay, but the local addresses learned for
+   * them are forgotten (as wireguard-go clears its source cache), and sessions go on.
+   */
   async setListenPort(port: number): Promise<void> {
     this.listenPort = port;
     if (this.#up) await this.bind.open(port);
+    this.#forgetLocalAddresses();
+  }
+
+  #forgetLocalAddresses(): void {
+    for (const peer of this.core.peers()) {
+      const e = peer.endpoint;
+      if (e?.local !== undefined) peer.endpoint = { address: e.address, port: e.port, family: e.family };
+    }
   }
 
   /** Sets the firewall mark on outgoing UDP (SO_MARK); 0 clears it. */
   setFwmark(mark: number): void {
     this.bind.setMark(mark);
     this.fwmark = mark;
+    this.#forgetLocalAddresses();
   }
 
   #send(out: readonly Outgoing<UdpEndpoint>[]): void {

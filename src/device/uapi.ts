@@ -255,45 +255,72 @@ export class UapiServer {
     return s;
   }
 
+  /**
+   * Reads requests line by line as they stream in (a set may carry hundreds of thousands of
+   * allowed_ip lines), applying each request once its blank line arrives.
+   */
   #handle(c: net.Socket): void {
     let buffer = '';
+    let pos = 0;
+    let op: 'none' | 'get' | 'set' = 'none';
+    let lines: string[] = [];
+    let size = 0;
     let busy = false;
+    const MAX_REQUEST = 64 << 20;
+
+    const nextLine = (): string | null => {
+      const nl = buffer.indexOf('\n', pos);
+      if (nl < 0) return null;
+      const line = buffer.slice(pos, nl);
+      pos = nl + 1;
+      return line;
+    };
+
     const pump = async (): Promise<void> => {
       if (busy) return;
       busy = true;
       try {
         for (;;) {
-          const nl = buffer.indexOf('\n');
-          if (nl < 0) return;
-          const opLine = buffer.slice(0, nl);
-          if (opLine === 'get=1') {
-            if (buffer.length < nl + 2) return; // wait for the blank line
-            if (buffer[nl + 1] !== '\n') {
-              buffer = buffer.slice(nl + 2);
-              c.write(`errno=-${EINVAL}\n\n`);
-              continue;
+          const line = nextLine();
+          if (line === null) break;
+          if (op === 'none') {
+            if (line === 'get=1') op = 'get';
+            else if (line === 'set=1') op = 'set';
+            else {
+              c.destroy(); // an unknown operation ends the connection, as in wireguard-go
+              return;
             }
-            buffer = buffer.slice(nl + 2);
-            c.write(uapiGet(this.#device) + 'errno=0\n\n');
-          } else if (opLine === 'set=1') {
-            const end = buffer.indexOf('\n\n', nl);
-            const endAtOnce = buffer.slice(nl + 1, nl + 2) === '\n';
-            if (end < 0 && !endAtOnce) return; // wait for the whole request
-            const bodyEnd = endAtOnce ? nl : end;
-            const body = buffer.slice(nl + 1, bodyEnd);
-            buffer = buffer.slice(bodyEnd + 2);
-            const lines = body === '' ? [] : body.split('\n');
-            let errno = 0;
-            try {
-              await uapiSet(this.#device, lines);
-            } catch (e) {
-              errno = e instanceof UapiError ? e.errno : ENOANO;
-            }
-            c.write(`errno=${errno === 0 ? 0 : -errno}\n\n`);
-          } else {
-            c.destroy();
-            return;
+            lines = [];
+            size = 0;
+            continue;
           }
+          if (op === 'get') {
+            op = 'none';
+            c.write(line === '' ? uapiGet(this.#device) + 'errno=0\n\n' : `errno=-${EINVAL}\n\n`);
+            continue;
+          }
+          if (line !== '') {
+            size += line.length + 1;
+            if (size > MAX_REQUEST) {
+              c.destroy();
+              return;
+            }
+            lines.push(line);
+            continue;
+          }
+          op = 'none';
+          let errno = 0;
+          try {
+            await uapiSet(this.#device, lines);
+          } catch (e) {
+            errno = e instanceof UapiError ? e.errno : ENOANO;
+          }
+          lines = [];
+          if (!c.destroyed) c.write(`errno=${errno === 0 ? 0 : -errno}\n\n`);
+        }
+        if (pos > 1 << 16) {
+          buffer = buffer.slice(pos);
+          pos = 0;
         }
       } finally {
         busy = false;
@@ -302,11 +329,11 @@ export class UapiServer {
     c.setEncoding('utf8');
     c.on('data', (d: string) => {
       buffer += d;
-      if (buffer.length > 1 << 20) {
-        c.destroy(); // a request this large is not configuration
+      if (buffer.length - pos > MAX_REQUEST) {
+        c.destroy();
         return;
       }
-      void pump().then(() => pump());
+      void pump().then(() => (buffer.indexOf('\n', pos) >= 0 ? pump() : undefined));
     });
     c.on('error', () => {});
   }

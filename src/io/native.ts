@@ -14,7 +14,9 @@ import type { Tun, UdpBind, UdpEndpoint } from './types.ts';
 const SLOT = 65536;
 const RX_SLOTS = 64;
 const TX_SLOTS = 32;
-const META = 8; // int32 entries per slot: length, family, port, scope, address (16 bytes)
+// int32 entries per slot: length, family, port, scope, remote address (4), local known,
+// ifindex, local address (4), unused (2); see src/native/strata.cc.
+const META = 16;
 
 function addon(): NonNullable<typeof native> {
   if (native === null) throw new StrataError('ERR_NATIVE', 'the native addon is not built');
@@ -43,25 +45,32 @@ class Side {
     const m = this.rxMeta;
     const o = i * META;
     const port = m[o + 2]!;
-    if (m[o + 1] === 4) {
-      const key = (m[o + 4]! >>> 0) * 65536 + port;
-      let e = this.endpoints.get(key);
-      if (e === undefined) {
-        const b = new Uint8Array(this.rxMeta.buffer, (o + 4) * 4, 4);
-        e = { address: formatIP(Uint8Array.from(b)), port, family: 'IPv4' };
-        this.#remember(key, e);
-      }
-      return e;
-    }
-    const key = `${m[o + 4]},${m[o + 5]},${m[o + 6]},${m[o + 7]},${m[o + 3]},${port}`;
-    let e = this.endpoints.get(key);
-    if (e === undefined) {
-      const b = Uint8Array.from(new Uint8Array(this.rxMeta.buffer, (o + 4) * 4, 16));
-      // An IPv4-mapped source on the IPv6 socket cannot happen (IPV6_V6ONLY), so this is IPv6.
-      e = { address: formatIP(b), port, family: 'IPv6' };
-      this.#remember(key, e);
-    }
-    return e;
+    const key = m[o + 1] === 4 ? (m[o + 4]! >>> 0) * 65536 + port : `${m[o + 4]},${m[o + 5]},${m[o + 6]},${m[o + 7]},${m[o + 3]},${port}`;
+    const e = this.endpoints.get(key);
+    if (e !== undefined && this.#sameLocal(e, o)) return e;
+    const fresh = this.#make(o, port);
+    this.#remember(key, fresh);
+    return fresh;
+  }
+
+  #sameLocal(e: UdpEndpoint, o: number): boolean {
+    const m = this.rxMeta;
+    const l = e.local;
+    if (m[o + 8] !== 1) return l === undefined;
+    if (l === undefined || l.ifindex !== m[o + 9]) return false;
+    const words = new Int32Array(l.address.buffer, l.address.byteOffset, 4);
+    return words[0] === m[o + 10] && words[1] === m[o + 11] && words[2] === m[o + 12] && words[3] === m[o + 13];
+  }
+
+  #make(o: number, port: number): UdpEndpoint {
+    const m = this.rxMeta;
+    const v4 = m[o + 1] === 4;
+    const remote = Uint8Array.from(new Uint8Array(m.buffer, (o + 4) * 4, v4 ? 4 : 16));
+    const address = formatIP(remote);
+    if (m[o + 8] !== 1) return { address, port, family: v4 ? 'IPv4' : 'IPv6' };
+    // Kept as 16 bytes (IPv4 in the first 4) so it can be compared as four words.
+    const local = { address: Uint8Array.from(new Uint8Array(m.buffer, (o + 10) * 4, 16)), ifindex: m[o + 9]! };
+    return { address, port, family: v4 ? 'IPv4' : 'IPv6', local };
   }
 
   #remember(key: number | string, e: UdpEndpoint): void {
@@ -80,6 +89,12 @@ class Side {
     this.txMeta[o + 2] = to.port;
     this.txMeta[o + 3] = 0;
     this.txAddr.set(addr, (o + 4) * 4);
+    const local = to.local;
+    if (local !== undefined) {
+      this.txMeta[o + 8] = 1;
+      this.txMeta[o + 9] = local.ifindex;
+      this.txAddr.set(local.address, (o + 10) * 4);
+    } else this.txMeta[o + 8] = 0;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       queueMicrotask(() => this.flush());

@@ -6,6 +6,12 @@ import type { Endpoint } from '../wireguard/peer.ts';
 
 export interface UdpEndpoint extends Endpoint {
   readonly family: 'IPv4' | 'IPv6';
+  /**
+   * The local address (and interface) the peer's datagram arrived on, where the bind can tell:
+   * replies leave from it, so a peer that wrote to one of several addresses hears back from
+   * that one (wireguard-go's sticky sockets). Absent on configured endpoints.
+   */
+  readonly local?: { readonly address: Uint8Array; readonly ifindex: number };
 }
 
 /** A layer-3 TUN device: one IP packet per read and per write. */

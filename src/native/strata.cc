@@ -219,8 +219,13 @@ static napi_value AeadDestroy(napi_env env, napi_callback_info info) {
 // ------------------------------------------------------------------------------------------
 // Shared pieces for polled descriptors: slot arenas owned by JavaScript ArrayBuffers.
 //
-// Meta layout per slot (Int32Array, 8 entries): [length, family(4|6), port, flags, addr0..3]
-// where addr0..3 hold the 16 address bytes (IPv4 in the first 4 bytes).
+// Meta layout per slot (Int32Array, 16 entries):
+//   [0] length  [1] family (4|6)  [2] port  [3] scope id  [4..7] remote address (16 bytes)
+//   [8] 1 if a local address is known  [9] ifindex  [10..13] local address (16 bytes)
+// UDP sockets ask for IP_PKTINFO / IPV6_RECVPKTINFO, so each datagram carries the local address
+// it was sent to, and replies leave from that same address (wireguard-go's sticky sockets).
+
+static const int kMeta = 16;
 
 struct Arena {
   uint8_t* data = nullptr;
@@ -236,7 +241,7 @@ static bool ArenaFrom(napi_env env, napi_value data, napi_value meta, int32_t sl
   uint8_t* m;
   size_t mlen;
   if (!Bytes(env, data, &a->data, &a->dataLen) || !Bytes(env, meta, &m, &mlen)) return false;
-  if (slots <= 0 || slotSize <= 0 || static_cast<size_t>(slots) * slotSize > a->dataLen || static_cast<size_t>(slots) * 32 > mlen)
+  if (slots <= 0 || slotSize <= 0 || static_cast<size_t>(slots) * slotSize > a->dataLen || static_cast<size_t>(slots) * kMeta * 4 > mlen)
     return false;
   if (reinterpret_cast<uintptr_t>(m) % 4 != 0) return false;
   a->meta = reinterpret_cast<int32_t*>(m);
@@ -267,7 +272,10 @@ struct Polled {
   std::vector<mmsghdr> msgs;
   std::vector<iovec> iovs;
   std::vector<sockaddr_in6> addrs;
+  std::vector<uint8_t> control;  // per slot, kControl bytes
 };
+
+static const size_t kControl = 64;
 
 static void PollClosed(uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); }
 
@@ -320,6 +328,27 @@ static void Deliver(Polled* p, int count) {
   napi_close_handle_scope(env, scope);
 }
 
+static void ReadPktinfo(int32_t* meta, msghdr* h) {
+  meta[8] = 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(h); c != nullptr; c = CMSG_NXTHDR(h, c)) {
+    if (c->cmsg_level == IPPROTO_IP && c->cmsg_type == IP_PKTINFO) {
+      in_pktinfo info;
+      memcpy(&info, CMSG_DATA(c), sizeof info);
+      uint8_t bytes[16] = {0};
+      memcpy(bytes, &info.ipi_spec_dst, 4);
+      memcpy(&meta[10], bytes, 16);
+      meta[9] = info.ipi_ifindex;
+      meta[8] = 1;
+    } else if (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_PKTINFO) {
+      in6_pktinfo info;
+      memcpy(&info, CMSG_DATA(c), sizeof info);
+      memcpy(&meta[10], &info.ipi6_addr, 16);
+      meta[9] = static_cast<int32_t>(info.ipi6_ifindex);
+      meta[8] = 1;
+    }
+  }
+}
+
 static void WriteAddr(int32_t* meta, const sockaddr_storage* sa) {
   uint8_t bytes[16] = {0};
   if (sa->ss_family == AF_INET) {
@@ -354,7 +383,7 @@ static void OnReadable(uv_poll_t* handle, int status, int events) {
           }
           break;
         }
-        p->rx.meta[n * 8] = static_cast<int32_t>(r);
+        p->rx.meta[n * kMeta] = static_cast<int32_t>(r);
         n++;
       }
     } else {
@@ -366,15 +395,18 @@ static void OnReadable(uv_poll_t* handle, int status, int events) {
         p->msgs[i].msg_hdr.msg_iovlen = 1;
         p->msgs[i].msg_hdr.msg_name = &p->addrs[i];
         p->msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in6);
+        p->msgs[i].msg_hdr.msg_control = p->control.data() + i * kControl;
+        p->msgs[i].msg_hdr.msg_controllen = kControl;
       }
       int r = recvmmsg(p->fd, p->msgs.data(), p->rx.slots, MSG_DONTWAIT, nullptr);
       if (r < 0) break;
       for (int i = 0; i < r; i++) {
-        int32_t* meta = p->rx.meta + i * 8;
+        int32_t* meta = p->rx.meta + i * kMeta;
         // A datagram larger than a slot is truncated: mark it so JavaScript drops it.
         meta[0] = (p->msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? -1 : static_cast<int32_t>(p->msgs[i].msg_len);
         meta[3] = 0;
         WriteAddr(meta, reinterpret_cast<const sockaddr_storage*>(&p->addrs[i]));
+        ReadPktinfo(meta, &p->msgs[i].msg_hdr);
       }
       n = r;
     }
@@ -459,11 +491,17 @@ static napi_value UdpNew(napi_env env, napi_callback_info info) {
   p->msgs.resize(slots > txSlots ? slots : txSlots);
   p->iovs.resize(slots);
   p->addrs.resize(slots);
+  p->control.resize((slots > txSlots ? slots : txSlots) * kControl);
   int fd = socket(family == 4 ? AF_INET : AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int err = fd < 0 ? errno : 0;
   if (fd >= 0) {
     int one = 1, size = 7 << 20;
-    if (family == 6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (family == 6) {
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+      setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+    } else {
+      setsockopt(fd, IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+    }
     // Large buffers as wireguard-go asks; the FORCE variants pass rmem_max when we may.
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) != 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof size) != 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
@@ -515,6 +553,37 @@ static napi_value UdpPort(napi_env env, napi_callback_info info) {
   return Num(env, ntohs(a.sin6_port));  // sin_port and sin6_port share an offset
 }
 
+// Puts the local source address (when known) on an outgoing message as IP(V6)_PKTINFO.
+static void WritePktinfo(Polled* p, msghdr* h, const int32_t* meta, uint8_t* control) {
+  h->msg_control = nullptr;
+  h->msg_controllen = 0;
+  if (meta[8] != 1) return;
+  memset(control, 0, kControl);
+  h->msg_control = control;
+  cmsghdr* c;
+  if (p->family == 4) {
+    h->msg_controllen = CMSG_SPACE(sizeof(in_pktinfo));
+    c = CMSG_FIRSTHDR(h);
+    c->cmsg_level = IPPROTO_IP;
+    c->cmsg_type = IP_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
+    in_pktinfo info{};
+    memcpy(&info.ipi_spec_dst, &meta[10], 4);
+    memcpy(CMSG_DATA(c), &info, sizeof info);
+  } else {
+    h->msg_controllen = CMSG_SPACE(sizeof(in6_pktinfo));
+    c = CMSG_FIRSTHDR(h);
+    c->cmsg_level = IPPROTO_IPV6;
+    c->cmsg_type = IPV6_PKTINFO;
+    c->cmsg_len = CMSG_LEN(sizeof(in6_pktinfo));
+    in6_pktinfo info{};
+    memcpy(&info.ipi6_addr, &meta[10], 16);
+    // The interface matters only for link-local sources.
+    if (IN6_IS_ADDR_LINKLOCAL(&info.ipi6_addr)) info.ipi6_ifindex = static_cast<unsigned>(meta[9]);
+    memcpy(CMSG_DATA(c), &info, sizeof info);
+  }
+}
+
 // send(count): sends tx slots 0..count-1 with sendmmsg; returns how many went out
 static napi_value UdpSend(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -527,12 +596,10 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
   }
   if (p->fd < 0) return Num(env, 0);
   std::vector<mmsghdr>& msgs = p->msgs;
-  static thread_local std::vector<iovec> iovs;
-  static thread_local std::vector<sockaddr_in6> addrs;
-  iovs.resize(count);
-  addrs.resize(count);
+  std::vector<iovec> iovs(count);
+  std::vector<sockaddr_in6> addrs(count);
   for (int i = 0; i < count; i++) {
-    const int32_t* meta = p->tx.meta + i * 8;
+    const int32_t* meta = p->tx.meta + i * kMeta;
     iovs[i].iov_base = p->tx.data + static_cast<size_t>(i) * p->tx.slotSize;
     iovs[i].iov_len = static_cast<size_t>(meta[0]) <= p->tx.slotSize ? meta[0] : 0;
     memset(&msgs[i].msg_hdr, 0, sizeof(msghdr));
@@ -553,15 +620,22 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
     msgs[i].msg_hdr.msg_name = &addrs[i];
     msgs[i].msg_hdr.msg_iov = &iovs[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
+    WritePktinfo(p, &msgs[i].msg_hdr, meta, p->control.data() + i * kControl);
   }
   int sent = 0;
   while (sent < count) {
     int r = sendmmsg(p->fd, msgs.data() + sent, count - sent, MSG_DONTWAIT);
     if (r < 0) {
       if (errno == EINTR) continue;
-      // A full buffer or an unreachable destination drops the rest, as UDP may.
+      // A full buffer drops the rest, as UDP may.
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      sent++;  // skip the datagram that failed (e.g. EHOSTUNREACH) and go on
+      // The local address we replied from is gone (EINVAL): let the kernel choose and retry.
+      if ((errno == EINVAL || errno == EADDRNOTAVAIL) && msgs[sent].msg_hdr.msg_control != nullptr) {
+        msgs[sent].msg_hdr.msg_control = nullptr;
+        msgs[sent].msg_hdr.msg_controllen = 0;
+        continue;
+      }
+      sent++;  // skip a datagram that cannot go (e.g. EHOSTUNREACH) and go on
       continue;
     }
     sent += r;
