@@ -225,8 +225,9 @@ export class UapiServer {
 
   static async listen(device: Device, socketPath: string): Promise<UapiServer> {
     fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-    // A stale socket of a process that is gone is replaced; a live one is an error.
-    if (fs.existsSync(socketPath)) {
+    // A stale socket of a process that is gone is replaced; a live one is an error, once a
+    // daemon that is shutting down (its interface was just deleted) has had 2 s to leave.
+    for (let waited = 0; fs.existsSync(socketPath); waited += 100) {
       const live = await new Promise<boolean>((resolve) => {
         const c = net.connect(socketPath, () => {
           c.destroy();
@@ -234,8 +235,12 @@ export class UapiServer {
         });
         c.on('error', () => resolve(false));
       });
-      if (live) throw new UapiError(EADDRINUSE, `${socketPath} is in use by a running daemon`);
-      fs.unlinkSync(socketPath);
+      if (!live) {
+        fs.rmSync(socketPath, { force: true });
+        break;
+      }
+      if (waited >= 2000) throw new UapiError(EADDRINUSE, `${socketPath} is in use by a running daemon`);
+      await new Promise((r) => setTimeout(r, 100));
     }
     const server = net.createServer();
     const s = new UapiServer(device, socketPath, server);

@@ -175,6 +175,7 @@ export class NativeUdpBind implements UdpBind {
     for (const side of [this.#v4, this.#v6]) {
       if (side === null) continue;
       side.sock.start((n) => {
+        // n < 0: the socket failed (it is not expected on UDP); nothing to deliver.
         for (let i = 0; i < n; i++) {
           const len = side.rxMeta[i * META]!;
           if (len < 0) continue; // larger than a slot: not a WireGuard datagram we could take

@@ -121,6 +121,7 @@ export class NodeUdpBind implements UdpBind {
   async close(): Promise<void> {
     const all = [this.#v4, this.#v6].filter((s): s is dgram.Socket => s !== null);
     this.#v4 = this.#v6 = null;
+    this.#port = 0; // nothing is bound: UAPI then omits listen_port, as wireguard-go does
     await Promise.all(all.map((s) => new Promise<void>((r) => s.close(() => r()))));
   }
 }

@@ -368,7 +368,12 @@ static void WriteAddr(int32_t* meta, const sockaddr_storage* sa) {
 
 static void OnReadable(uv_poll_t* handle, int status, int events) {
   auto* p = static_cast<Polled*>(handle->data);
-  if (status < 0 || !(events & UV_READABLE)) return;
+  if (status < 0) {
+    // libuv reports EPOLLERR this way: for a TUN it means the interface is gone.
+    Deliver(p, status == UV_EBADF ? -EBADFD : status);
+    return;
+  }
+  if (!(events & UV_READABLE)) return;
   // A few rounds per wake-up, then back to the loop so other work gets its turn.
   for (int round = 0; round < 4 && p->fd >= 0; round++) {
     int n = 0;
@@ -629,8 +634,9 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
       if (errno == EINTR) continue;
       // A full buffer drops the rest, as UDP may.
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      // The local address we replied from is gone (EINVAL): let the kernel choose and retry.
-      if ((errno == EINVAL || errno == EADDRNOTAVAIL) && msgs[sent].msg_hdr.msg_control != nullptr) {
+      // Sending from the local address the peer reached failed (it is gone: EINVAL,
+      // ENETUNREACH, EADDRNOTAVAIL...): let the kernel choose the source and retry once.
+      if (msgs[sent].msg_hdr.msg_control != nullptr) {
         msgs[sent].msg_hdr.msg_control = nullptr;
         msgs[sent].msg_hdr.msg_controllen = 0;
         continue;
