@@ -12,6 +12,7 @@ import { Device } from '../device/device.ts';
 import { UapiServer } from '../device/uapi.ts';
 import { createBind, createTun } from '../io/index.ts';
 import type { Tun } from '../io/types.ts';
+import { sys } from '../io/libc.ts';
 
 const VERSION = '0.1.0';
 const USAGE = 'Usage: strata-wg [-f/--foreground] INTERFACE-NAME';
@@ -80,7 +81,9 @@ async function run(name: string): Promise<void> {
     log(`shutting down: ${why}`);
     uapi?.close();
     device.close();
-    process.exit(0);
+    // A pure-path TUN read may be blocked on a thread-pool thread, which process.exit would
+    // wait for: everything is closed, so leave at once.
+    sys().exit(0);
   };
   const device = new Device({ tun, bind: createBind(), onTunClosed: () => stop('interface removed') });
   try {

@@ -7,6 +7,8 @@ export interface Libc {
   setsockopt(fd: number, level: number, name: number, value: Buffer, len: number): number;
   close(fd: number): number;
   errno(): number;
+  /** _exit(2): ends the process at once, without joining libuv's thread pool. */
+  exit(code: number): never;
 }
 
 let libc: Libc | null = null;
@@ -18,12 +20,17 @@ export function sys(): Libc {
     const socket = lib.func('int socket(int domain, int type, int protocol)');
     const setsockopt = lib.func('int setsockopt(int fd, int level, int name, const uint8_t *value, uint32_t len)');
     const close = lib.func('int close(int fd)');
+    const _exit = lib.func('void _exit(int status)');
     libc = {
       ioctl: (fd, request, arg) => ioctl(fd, request, arg) as number,
       socket: (d, t, p) => socket(d, t, p) as number,
       setsockopt: (fd, level, name, value, len) => setsockopt(fd, level, name, value, len) as number,
       close: (fd) => close(fd) as number,
       errno: () => koffi.errno(),
+      exit: (code) => {
+        _exit(code);
+        throw new Error('unreachable');
+      },
     };
   }
   return libc;

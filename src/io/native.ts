@@ -26,19 +26,29 @@ function addon(): NonNullable<typeof native> {
 class Side {
   readonly sock: NativeUdpSocket;
   readonly family: 4 | 6;
-  readonly rx = new Uint8Array(new ArrayBuffer(RX_SLOTS * SLOT));
-  readonly rxMeta = new Int32Array(RX_SLOTS * META);
-  readonly tx = new Uint8Array(new ArrayBuffer(TX_SLOTS * SLOT));
-  readonly txMeta = new Int32Array(TX_SLOTS * META);
-  readonly txAddr = new Uint8Array(this.txMeta.buffer);
+  readonly rx: Uint8Array;
+  readonly rxMeta: Int32Array;
+  readonly tx: Uint8Array;
+  readonly txMeta: Int32Array;
+  readonly txAddr: Uint8Array;
   queued = 0;
   flushScheduled = false;
   /** Endpoint objects by address and port, so the core sees one object per sender. */
   readonly endpoints = new Map<number | string, UdpEndpoint>();
 
-  constructor(family: 4 | 6, port: number) {
+  readonly slot: number;
+  readonly txSlots: number;
+
+  constructor(family: 4 | 6, port: number, sizes: BindSizes) {
     this.family = family;
-    this.sock = new (addon().UdpSocket)(family, port, this.rx.buffer as ArrayBuffer, this.rxMeta, this.tx.buffer as ArrayBuffer, this.txMeta, RX_SLOTS, TX_SLOTS, SLOT);
+    this.slot = sizes.slotSize;
+    this.txSlots = sizes.txSlots;
+    this.rx = new Uint8Array(new ArrayBuffer(sizes.rxSlots * sizes.slotSize));
+    this.rxMeta = new Int32Array(sizes.rxSlots * META);
+    this.tx = new Uint8Array(new ArrayBuffer(sizes.txSlots * sizes.slotSize));
+    this.txMeta = new Int32Array(sizes.txSlots * META);
+    this.txAddr = new Uint8Array(this.txMeta.buffer);
+    this.sock = new (addon().UdpSocket)(family, port, this.rx.buffer as ArrayBuffer, this.rxMeta, this.tx.buffer as ArrayBuffer, this.txMeta, sizes.rxSlots, sizes.txSlots, sizes.slotSize);
   }
 
   endpointOf(i: number): UdpEndpoint {
@@ -79,10 +89,10 @@ class Side {
   }
 
   enqueue(datagram: Uint8Array, to: UdpEndpoint, addr: Uint8Array): void {
-    if (datagram.length > SLOT) return;
-    if (this.queued === TX_SLOTS) this.flush();
+    if (datagram.length > this.slot) return;
+    if (this.queued === this.txSlots) this.flush();
     const i = this.queued++;
-    this.tx.set(datagram, i * SLOT);
+    this.tx.set(datagram, i * this.slot);
     const o = i * META;
     this.txMeta[o] = datagram.length;
     this.txMeta[o + 1] = this.family;
@@ -125,7 +135,24 @@ function addrBytes(e: UdpEndpoint): Uint8Array | null {
   return b;
 }
 
+/** Arena sizes: a device's main bind takes the defaults; a relay's per-client sockets less. */
+export interface BindSizes {
+  rxSlots: number;
+  txSlots: number;
+  slotSize: number;
+}
+
+export const DEFAULT_SIZES: BindSizes = { rxSlots: RX_SLOTS, txSlots: TX_SLOTS, slotSize: SLOT };
+
 export class NativeUdpBind implements UdpBind {
+  readonly #sizes: BindSizes;
+  readonly #families: readonly ('IPv4' | 'IPv6')[];
+
+  constructor(options: { sizes?: BindSizes; families?: readonly ('IPv4' | 'IPv6')[] } = {}) {
+    this.#sizes = options.sizes ?? DEFAULT_SIZES;
+    this.#families = options.families ?? ['IPv4', 'IPv6'];
+  }
+
   #v4: Side | null = null;
   #v6: Side | null = null;
   #port = 0;
@@ -138,30 +165,43 @@ export class NativeUdpBind implements UdpBind {
 
   async open(port: number): Promise<number> {
     await this.close();
+    const wantV4 = this.#families.includes('IPv4');
+    const wantV6 = this.#families.includes('IPv6');
+    if (!wantV4) {
+      const v6 = new Side(6, port, this.#sizes);
+      this.#v6 = v6;
+      return this.#opened(v6.sock.port());
+    }
     for (let attempt = 0; ; attempt++) {
-      const v4 = new Side(4, port);
+      const v4 = new Side(4, port, this.#sizes);
       const bound = v4.sock.port();
       let v6: Side | null = null;
-      try {
-        v6 = new Side(6, bound);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EADDRINUSE' && port === 0 && attempt < 100) {
-          v4.sock.close();
-          continue;
-        }
-        if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') {
-          v4.sock.close();
-          throw e;
+      if (wantV6) {
+        try {
+          v6 = new Side(6, bound, this.#sizes);
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code === 'EADDRINUSE' && port === 0 && attempt < 100) {
+            v4.sock.close();
+            continue;
+          }
+          if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') {
+            v4.sock.close();
+            throw e;
+          }
         }
       }
       this.#v4 = v4;
       this.#v6 = v6;
-      this.#port = bound;
-      if (this.#mark !== 0) this.setMark(this.#mark);
-      if (this.#onDatagram) this.#listen();
-      return bound;
+      return this.#opened(bound);
     }
+  }
+
+  #opened(port: number): number {
+    this.#port = port;
+    if (this.#mark !== 0) this.setMark(this.#mark);
+    if (this.#onDatagram) this.#listen();
+    return port;
   }
 
   start(onDatagram: (d: Uint8Array, from: UdpEndpoint) => void): void {
@@ -179,7 +219,7 @@ export class NativeUdpBind implements UdpBind {
         for (let i = 0; i < n; i++) {
           const len = side.rxMeta[i * META]!;
           if (len < 0) continue; // larger than a slot: not a WireGuard datagram we could take
-          on(side.rx.subarray(i * SLOT, i * SLOT + len), side.endpointOf(i));
+          on(side.rx.subarray(i * side.slot, i * side.slot + len), side.endpointOf(i));
         }
       });
     }
@@ -207,6 +247,7 @@ export class NativeUdpBind implements UdpBind {
       side?.sock.close();
     }
     this.#v4 = this.#v6 = null;
+    this.#port = 0;
   }
 }
 

@@ -45,6 +45,12 @@ function bindSocket(type: 'udp4' | 'udp6', port: number): Promise<dgram.Socket> 
 }
 
 export class NodeUdpBind implements UdpBind {
+  readonly #families: readonly ('IPv4' | 'IPv6')[];
+
+  constructor(options: { families?: readonly ('IPv4' | 'IPv6')[] } = {}) {
+    this.#families = options.families ?? ['IPv4', 'IPv6'];
+  }
+
   #v4: dgram.Socket | null = null;
   #v6: dgram.Socket | null = null;
   #port = 0;
@@ -57,12 +63,18 @@ export class NodeUdpBind implements UdpBind {
 
   async open(port: number): Promise<number> {
     await this.close();
+    if (!this.#families.includes('IPv4')) {
+      this.#v6 = await bindSocket('udp6', port);
+      this.#port = this.#v6.address().port;
+      if (this.#onDatagram) this.#listen(this.#onDatagram);
+      return this.#port;
+    }
     // With port 0, the IPv6 socket must get the port the IPv4 one was given; retry on a clash.
     for (let attempt = 0; ; attempt++) {
       const v4 = await bindSocket('udp4', port);
       const bound = v4.address().port;
       let v6: dgram.Socket | null = null;
-      try {
+      if (this.#families.includes('IPv6')) try {
         v6 = await bindSocket('udp6', bound);
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;

@@ -103,7 +103,7 @@ export interface PeerConfig<E extends Endpoint> {
   allowedIPs?: readonly string[];
 }
 
-export interface CoreOptions {
+export interface CoreOptions<E extends Endpoint = Endpoint> {
   privateKey?: PrivateKey | null;
   /** Wall-clock ms at monotonic time 0; used for TAI64N and last-handshake times only. */
   epochMs?: number;
@@ -112,6 +112,14 @@ export interface CoreOptions {
   random?: RandomBytes;
   /** Handshake messages per second above which the interface goes under load. */
   underLoadThreshold?: number;
+  /**
+   * Admission of unknown initiators (a relay's open mode): called with the static key of an
+   * initiation that authenticated up to that key; a config admits it as a new peer, null
+   * refuses ('unknown-peer').
+   */
+  admit?: (publicKey: PublicKey, now: number) => PeerConfig<E> | null;
+  /** Called after a peer's keys were wiped 540 s after its last session (it may be removed). */
+  onKeysZeroed?: (peer: Peer<E>) => void;
 }
 
 interface IndexEntry<E extends Endpoint> {
@@ -131,6 +139,8 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   epochMs: number;
   mtu: number;
   readonly underLoadThreshold: number;
+  readonly #admit: CoreOptions<E>['admit'];
+  readonly #onKeysZeroed: CoreOptions<E>['onKeysZeroed'];
   #loadWindowStart = -Infinity;
   #loadCount = 0;
   #underLoadUntil = -Infinity;
@@ -140,11 +150,13 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   cookieRepliesSent = 0;
   #wake = Infinity;
 
-  constructor(options: CoreOptions = {}) {
+  constructor(options: CoreOptions<E> = {}) {
     this.#random = options.random ?? cryptoRandom;
     this.epochMs = options.epochMs ?? 0;
     this.mtu = options.mtu ?? 1420;
     this.underLoadThreshold = options.underLoadThreshold ?? 256;
+    this.#admit = options.admit;
+    this.#onKeysZeroed = options.onKeysZeroed;
     if (options.privateKey) this.setPrivateKey(options.privateKey);
   }
 
@@ -445,8 +457,16 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     const key = this.#privateKey!;
     const check = consumeInitiation(m, key, this.#responderStart!, HANDSHAKE_INITIATION_RATE);
     if (!check.ok) return this.#drop(check.reason);
-    const peer = this.getPeer(check.remoteStatic);
-    if (peer === undefined) return this.#drop('unknown-peer');
+    let peer = this.getPeer(check.remoteStatic);
+    if (peer === undefined) {
+      const config = this.#admit?.(check.remoteStatic, now) ?? null;
+      if (config === null) return this.#drop('unknown-peer');
+      try {
+        peer = this.addPeer(check.remoteStatic, config);
+      } catch {
+        return this.#drop('unknown-peer');
+      }
+    }
     const refusal = check.finish(peer.context(key), peer.handshake, now);
     if (refusal !== null) return this.#drop(refusal);
     this.#traversal(peer, now);
@@ -694,6 +714,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     if (due(t.zeroKeyMaterial)) {
       t.zeroKeyMaterial = null;
       this.#zeroAll(peer, 'keys-zeroed');
+      this.#onKeysZeroed?.(peer);
     }
     if (due(t.persistentKeepalive)) {
       t.persistentKeepalive = null;
