@@ -1,0 +1,238 @@
+/**
+ * strata — the command: connect, status, disconnect, relay, keygen, demo. Thin: it parses
+ * options and calls the client, relay and lab layers. Errors print as
+ * "strata: message (CODE)" and exit 1; CODE is stable.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { Command, Option } from 'commander';
+import { StrataError } from '../crypto/errors.ts';
+import { PrivateKey, PublicKey } from '../crypto/keys.ts';
+import { loadRelayList, pickPath } from '../cascade/relaylist.ts';
+import { choosePath } from '../cascade/path.ts';
+import { ClientDaemon, type ClientStatus } from '../client/daemon.ts';
+import { controlPath, DEFAULT_RUN_DIR, request, serveControl } from '../client/control.ts';
+import { RelayDaemon } from '../relay/daemon.ts';
+import { sys } from '../io/libc.ts';
+
+function fail(e: unknown): never {
+  if (e instanceof StrataError) process.stderr.write(`strata: ${e.message} (${e.code})\n`);
+  else process.stderr.write(`strata: ${(e as Error).message ?? String(e)} (ERR_INTERNAL)\n`);
+  process.exit(1);
+}
+
+function formatStatus(s: ClientStatus): string {
+  const lines = [`interface ${s.interface}  mtu ${s.mtu}  addresses ${s.addresses.join(', ')}`];
+  for (const h of s.hops) {
+    const age = h.handshakeAgeSeconds === null ? 'no handshake' : `handshake ${h.handshakeAgeSeconds} s ago`;
+    lines.push(
+      `  hop ${h.hop}  ${h.name.padEnd(12)} ${h.country}  ${h.endpoint.padEnd(22)} ${h.up ? 'up  ' : 'down'}  ${age.padEnd(20)} rx ${h.rxBytes} B  tx ${h.txBytes} B`,
+    );
+  }
+  return lines.join('\n');
+}
+
+async function readKey(fromStdin: boolean): Promise<PrivateKey> {
+  const env = process.env.STRATA_PRIVATE_KEY;
+  if (!fromStdin && env !== undefined) {
+    delete process.env.STRATA_PRIVATE_KEY;
+    return PrivateKey.parse(env);
+  }
+  if (!fromStdin) throw new StrataError('ERR_KEY_MISSING', 'give the relay key in STRATA_PRIVATE_KEY or on standard input (--key-stdin)');
+  const chunks: Buffer[] = [];
+  for await (const c of process.stdin) chunks.push(c as Buffer);
+  const text = Buffer.concat(chunks).toString('utf8');
+  for (const c of chunks) c.fill(0);
+  return PrivateKey.parse(text);
+}
+
+const program = new Command('strata')
+  .description('Strata: a multi-hop WireGuard VPN')
+  .showHelpAfterError()
+  .exitOverride((err) => {
+    // commander's own usage errors: keep its message, exit 2.
+    process.exit(err.exitCode === 0 ? 0 : 2);
+  });
+
+program
+  .command('connect')
+  .description('build a cascade through 1 to 5 relays and route traffic through it')
+  .requiredOption('--relays <file>', 'relay list (JSON)')
+  .option('--path <names>', 'comma-separated relay names, entry first')
+  .option('--hops <n>', 'number of hops when no --path is given', '3')
+  .option('--ifname <name>', 'tunnel interface name', 'strata0')
+  .option('--hop-timeout <seconds>', 'time each hop has to answer its handshake', '5')
+  .option('--route <prefix...>', 'route only these prefixes (default: everything)')
+  .option('--run-dir <dir>', 'where the control socket lives', DEFAULT_RUN_DIR)
+  .option('-f, --foreground', 'stay in the foreground')
+  .action(async (o: { relays: string; path?: string; hops: string; ifname: string; hopTimeout: string; route?: string[]; runDir: string; foreground?: boolean }) => {
+    try {
+      const relays = loadRelayList(o.relays);
+      const path = o.path !== undefined ? pickPath(relays, o.path.split(',').map((s) => s.trim())) : choosePath(relays, Number(o.hops));
+      const hopTimeout = Number(o.hopTimeout);
+      if (!(hopTimeout > 0 && hopTimeout <= 120)) throw new StrataError('ERR_OPTION', '--hop-timeout must be 1 to 120 seconds');
+      const sock = controlPath(o.runDir);
+      if (!o.foreground && process.env.STRATA_READY_FD === undefined) {
+        await detach(path.map((r) => r.name).join(','), sock);
+        return;
+      }
+      // Refuse a second connection before touching anything.
+      const server = await serveControl(sock, () => null);
+      server.close();
+      const daemon = await ClientDaemon.connect({ path, ifname: o.ifname, hopTimeout, routes: o.route ?? null });
+      const control = await serveControl(sock, async (op) => {
+        if (op === 'status') return daemon.status();
+        if (op === 'disconnect') {
+          setImmediate(() => stop());
+          return { disconnected: true };
+        }
+        throw new StrataError('ERR_CONTROL_OP', `unknown operation "${op}"`);
+      });
+      const stop = (): void => {
+        control.close();
+        fs.rmSync(sock, { force: true });
+        daemon.close();
+        sys().exit(0);
+      };
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+      signalReady({ ok: true });
+      if (o.foreground) process.stdout.write(formatStatus(daemon.status()) + '\n');
+    } catch (e) {
+      if (process.env.STRATA_READY_FD !== undefined) {
+        signalReady({ ok: false, code: e instanceof StrataError ? e.code : 'ERR_INTERNAL', message: (e as Error).message });
+        process.exit(1);
+      }
+      fail(e);
+    }
+  });
+
+function signalReady(msg: object): void {
+  const fd = process.env.STRATA_READY_FD;
+  if (fd === undefined) return;
+  delete process.env.STRATA_READY_FD;
+  fs.writeSync(Number(fd), JSON.stringify(msg) + '\n');
+  fs.closeSync(Number(fd));
+}
+
+/** Runs `connect` again in the foreground, detached, and returns once it is up or failed. */
+async function detach(pathNames: string, sock: string): Promise<void> {
+  const args = process.argv.slice(1);
+  const child = spawn(process.execPath, [...process.execArgv, ...args], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'ignore', 'pipe'],
+    env: { ...process.env, STRATA_READY_FD: '3' },
+  });
+  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+  let buf = '';
+  pipe.setEncoding('utf8');
+  pipe.on('data', (d: string) => (buf += d));
+  const code = await new Promise<number | null>((resolve) => {
+    pipe.on('end', () => resolve(null));
+    child.on('exit', (c) => resolve(c));
+  });
+  let msg: { ok: boolean; code?: string; message?: string };
+  try {
+    msg = JSON.parse(buf) as typeof msg;
+  } catch {
+    throw new StrataError('ERR_DAEMON', `the connection daemon exited (${code ?? 'no status'}) without a word`);
+  }
+  if (!msg.ok) throw new StrataError(msg.code ?? 'ERR_INTERNAL', msg.message ?? 'failed');
+  child.unref();
+  const status = (await request(sock, 'status')) as ClientStatus;
+  process.stdout.write(`connected through ${pathNames}\n${formatStatus(status)}\n`);
+  process.exit(0);
+}
+
+program
+  .command('status')
+  .description('show the cascade: each hop, its handshake age and bytes')
+  .option('--json', 'machine-readable output')
+  .option('--run-dir <dir>', 'where the control socket lives', DEFAULT_RUN_DIR)
+  .action(async (o: { json?: boolean; runDir: string }) => {
+    try {
+      const s = (await request(controlPath(o.runDir), 'status')) as ClientStatus;
+      process.stdout.write((o.json ? JSON.stringify(s, null, 2) : formatStatus(s)) + '\n');
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+program
+  .command('disconnect')
+  .description('tear the cascade down and restore routes')
+  .option('--run-dir <dir>', 'where the control socket lives', DEFAULT_RUN_DIR)
+  .action(async (o: { runDir: string }) => {
+    try {
+      const sock = controlPath(o.runDir);
+      await request(sock, 'disconnect');
+      // Wait for the daemon to be gone (its socket removed).
+      for (let i = 0; i < 100 && fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      process.stdout.write('disconnected\n');
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+program
+  .command('relay')
+  .description('run a relay (foreground); the key comes from STRATA_PRIVATE_KEY or stdin, never a file')
+  .requiredOption('--relays <file>', 'relay list: the relays this one may forward to')
+  .option('--listen-port <port>', 'UDP port', '51820')
+  .option('--exit', 'also act as an exit (TUN, forwarding and masquerade in this host or namespace)')
+  .option('--key-stdin', 'read the private key from standard input')
+  .option('--allow <file>', 'allow-list mode: only the client public keys in this file (one per line)')
+  .option('--max-clients <n>', 'most clients at once', '1024')
+  .action(async (o: { relays: string; listenPort: string; exit?: boolean; keyStdin?: boolean; allow?: string; maxClients: string }) => {
+    try {
+      const relays = loadRelayList(o.relays);
+      const port = Number(o.listenPort);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('ERR_OPTION', '--listen-port must be 0 to 65535');
+      const key = await readKey(o.keyStdin === true);
+      let allow: PublicKey[] | null = null;
+      if (o.allow !== undefined) {
+        allow = fs
+          .readFileSync(o.allow, 'utf8')
+          .split('\n')
+          .map((l) => l.trim())
+          .filter((l) => l !== '' && !l.startsWith('#'))
+          .map((l) => PublicKey.parse(l));
+      }
+      const daemon = await RelayDaemon.start({ privateKey: key, relays, listenPort: port, exit: o.exit === true, allow, maxClients: Number(o.maxClients) });
+      key.wipe();
+      process.stdout.write(`relay ready (${o.exit ? 'exit' : 'forwarding'})\n`);
+      const stop = (): void => {
+        daemon.stop();
+        sys().exit(0);
+      };
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+program
+  .command('keygen')
+  .description('print a new private key (base64) and, on stderr, its public key')
+  .action(() => {
+    const k = PrivateKey.generate();
+    process.stdout.write(k.toBase64() + '\n');
+    process.stderr.write(`public key: ${k.publicKey().toBase64()}\n`);
+    k.wipe();
+  });
+
+program
+  .command('demo')
+  .description('a whole cascade on this machine: client, 3 relays and a web server, each in its own network namespace')
+  .addOption(new Option('--hops <n>', 'relays in the cascade').default('3'))
+  .action(async (o: { hops: string }) => {
+    try {
+      const { runDemo } = await import('../lab/demo.ts');
+      process.exitCode = await runDemo(Number(o.hops));
+    } catch (e) {
+      fail(e);
+    }
+  });
+
+await program.parseAsync(process.argv);
