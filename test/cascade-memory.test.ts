@@ -41,6 +41,7 @@ async function world(hops: number, extra: { refuseAt?: number } = {}): Promise<W
     provider: `p${i}`,
     family: `f${i}`,
     capacity: 1,
+    kind: 'strata' as const,
   }));
   const exitTun = new MemoryTun('exit0');
   const nodes: RelayNode[] = [];
@@ -147,6 +148,7 @@ test('a relay forwards only to relays on its list', async () => {
     provider: '',
     family: '',
     capacity: 1,
+    kind: 'strata' as const,
   }));
   const r1 = new RelayNode({ privateKey: k1, bind: net.bind('192.0.2.20'), tun: null, relays: [], makeForwardBind: () => net.bind('192.0.2.20') });
   await r1.start(51820);

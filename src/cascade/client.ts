@@ -45,6 +45,11 @@ export interface CascadeOptions {
   epochMs: number;
   /** Chooses which of a relay's endpoints to use; default: the first IPv4 one, else the first. */
   pickEndpoint?: (relay: Relay, index: number) => UdpEndpoint;
+  /**
+   * Keys for hops whose server knows its clients in advance (a stock WireGuard server), by
+   * hop index; every other hop gets a fresh key.
+   */
+  hopKeys?: ReadonlyMap<number, PrivateKey>;
 }
 
 function defaultEndpoint(relay: Relay): UdpEndpoint {
@@ -66,7 +71,11 @@ export class CascadeEngine {
     let mtu = PATH_MTU;
     relays.forEach((relay, index) => {
       mtu -= LAYER_OVERHEAD[endpoints[index]!.family];
-      const key = PrivateKey.generate();
+      const given = options.hopKeys?.get(index);
+      if (relay.kind === 'wireguard' && given === undefined) {
+        throw new StrataError('ERR_HOP_KEY_MISSING', `hop ${index + 1} "${relay.name}" is a stock WireGuard server: give the key it knows (--hop-key ${relay.name}=FILE)`);
+      }
+      const key = given !== undefined ? new PrivateKey(given.raw()) : PrivateKey.generate();
       const core = new WireGuard<UdpEndpoint>({ privateKey: key, epochMs: options.epochMs, mtu });
       key.wipe();
       const last = index === relays.length - 1;

@@ -11,6 +11,12 @@ import { formatEndpoint, parseEndpoint } from '../device/endpoint.ts';
 import type { UdpEndpoint } from '../io/types.ts';
 
 export type Role = 'entry' | 'middle' | 'exit';
+/**
+ * 'strata': a Strata relay, which admits the client's fresh per-connection key.
+ * 'wireguard': a stock WireGuard server that forwards and masquerades; it knows its clients
+ * in advance, so the client uses the key the operator registered for that hop (--hop-key).
+ */
+export type RelayKind = 'strata' | 'wireguard';
 
 export interface Relay {
   readonly name: string;
@@ -21,6 +27,7 @@ export interface Relay {
   readonly provider: string;
   readonly family: string;
   readonly capacity: number;
+  readonly kind: RelayKind;
 }
 
 const relaySchema = z.object({
@@ -32,6 +39,7 @@ const relaySchema = z.object({
   provider: z.string().max(64).default(''),
   family: z.string().max(64).default(''),
   capacity: z.number().int().positive().default(1),
+  kind: z.enum(['strata', 'wireguard']).default('strata'),
 });
 
 const listSchema = z.object({ relays: z.array(relaySchema).min(1) });
@@ -90,6 +98,7 @@ export function relayListJson(relays: readonly Relay[]): string {
         provider: r.provider,
         family: r.family,
         capacity: r.capacity,
+        kind: r.kind,
       })),
     },
     null,

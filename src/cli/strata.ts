@@ -63,9 +63,10 @@ program
   .option('--ifname <name>', 'tunnel interface name', 'strata0')
   .option('--hop-timeout <seconds>', 'time each hop has to answer its handshake', '5')
   .option('--route <prefix...>', 'route only these prefixes (default: everything)')
+  .option('--hop-key <name=file...>', 'for a stock WireGuard hop: the private key file it knows')
   .option('--run-dir <dir>', 'where the control socket lives', DEFAULT_RUN_DIR)
   .option('-f, --foreground', 'stay in the foreground')
-  .action(async (o: { relays: string; path?: string; hops: string; ifname: string; hopTimeout: string; route?: string[]; runDir: string; foreground?: boolean }) => {
+  .action(async (o: { relays: string; path?: string; hops: string; ifname: string; hopTimeout: string; route?: string[]; hopKey?: string[]; runDir: string; foreground?: boolean }) => {
     try {
       const relays = loadRelayList(o.relays);
       const path = o.path !== undefined ? pickPath(relays, o.path.split(',').map((s) => s.trim())) : choosePath(relays, Number(o.hops));
@@ -79,7 +80,22 @@ program
       // Refuse a second connection before touching anything.
       const server = await serveControl(sock, () => null);
       server.close();
-      const daemon = await ClientDaemon.connect({ path, ifname: o.ifname, hopTimeout, routes: o.route ?? null });
+      const hopKeys = new Map<number, PrivateKey>();
+      for (const spec of o.hopKey ?? []) {
+        const eq = spec.indexOf('=');
+        const name = spec.slice(0, eq);
+        const index = path.findIndex((r) => r.name === name);
+        if (eq < 1 || index < 0) throw new StrataError('ERR_OPTION', `--hop-key ${spec}: "${name}" is not a hop of this path`);
+        let text: string;
+        try {
+          text = fs.readFileSync(spec.slice(eq + 1), 'utf8');
+        } catch (e) {
+          throw new StrataError('ERR_OPTION', `--hop-key ${name}: cannot read the key file (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+        }
+        hopKeys.set(index, PrivateKey.parse(text));
+      }
+      const daemon = await ClientDaemon.connect({ path, ifname: o.ifname, hopTimeout, routes: o.route ?? null, hopKeys });
+      for (const k of hopKeys.values()) k.wipe();
       const control = await serveControl(sock, async (op) => {
         if (op === 'status') return daemon.status();
         if (op === 'disconnect') {

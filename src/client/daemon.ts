@@ -7,6 +7,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { StrataError } from '../crypto/errors.ts';
+import type { PrivateKey } from '../crypto/keys.ts';
 import { CascadeEngine } from '../cascade/client.ts';
 import type { Relay } from '../cascade/relaylist.ts';
 import { formatEndpoint } from '../device/endpoint.ts';
@@ -24,6 +25,8 @@ export interface ClientOptions {
   hopTimeout?: number;
   /** Route everything through the tunnel (default), or only these prefixes. */
   routes?: readonly string[] | null;
+  /** Registered keys for stock WireGuard hops, by hop index. */
+  hopKeys?: ReadonlyMap<number, PrivateKey>;
 }
 
 export interface HopStatus {
@@ -74,7 +77,7 @@ export class ClientDaemon {
   }
 
   static async connect(o: ClientOptions): Promise<ClientDaemon> {
-    const engine = new CascadeEngine(o.path, { epochMs: Date.now() - performance.now() });
+    const engine = new CascadeEngine(o.path, { epochMs: Date.now() - performance.now(), ...(o.hopKeys ? { hopKeys: o.hopKeys } : {}) });
     let tun: Tun;
     try {
       tun = createTun(o.ifname ?? 'strata0', engine.tunMtu);

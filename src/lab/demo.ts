@@ -78,6 +78,7 @@ export async function runDemo(hops = 3): Promise<number> {
       provider: `hoster-${i + 1}`,
       family: `operator-${i + 1}`,
       capacity: 1,
+      kind: 'strata' as const,
     }));
     const list = path.join(dir, 'relays.json');
     writeFileSync(list, relayListJson(relays));
