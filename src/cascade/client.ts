@@ -62,40 +62,95 @@ export class CascadeEngine {
   readonly tunMtu: number;
   readonly drops = new Map<CascadeDrop, number>();
 
+  readonly #options: CascadeOptions;
+  /** Monotonic ms of the last authenticated packet from each hop's relay. */
+  readonly lastReceived: number[] = [];
+  /** Monotonic ms of the last packet the user sent into the tunnel. */
+  lastSent = -Infinity;
+  #probeStart = -Infinity;
+  #probeBaseline: number[] = [];
+
   constructor(relays: readonly Relay[], options: CascadeOptions) {
     if (relays.length < 1 || relays.length > MAX_HOPS) {
       throw new StrataError('ERR_HOPS', `a cascade has 1 to ${MAX_HOPS} hops, not ${relays.length}`);
     }
+    this.#options = options;
     const pick = options.pickEndpoint ?? defaultEndpoint;
     const endpoints = relays.map((r, i) => pick(r, i));
     let mtu = PATH_MTU;
     relays.forEach((relay, index) => {
       mtu -= LAYER_OVERHEAD[endpoints[index]!.family];
-      const given = options.hopKeys?.get(index);
-      if (relay.kind === 'wireguard' && given === undefined) {
-        throw new StrataError('ERR_HOP_KEY_MISSING', `hop ${index + 1} "${relay.name}" is a stock WireGuard server: give the key it knows (--hop-key ${relay.name}=FILE)`);
-      }
-      const key = given !== undefined ? new PrivateKey(given.raw()) : PrivateKey.generate();
-      const core = new WireGuard<UdpEndpoint>({ privateKey: key, epochMs: options.epochMs, mtu });
-      key.wipe();
-      const last = index === relays.length - 1;
-      // Inside hop k, replies come from the next relay's address; at the exit, from anywhere.
-      const next = endpoints[index + 1];
-      const allowedIPs = last ? ['0.0.0.0/0', '::/0'] : [`${next!.address}/${next!.family === 'IPv4' ? 32 : 128}`];
-      const endpoint = endpoints[index]!;
-      const peer = core.addPeer(relay.publicKey, { endpoint, allowedIPs });
-      this.hops.push({
-        index,
-        relay,
-        endpoint,
-        endpointBytes: parseIP(endpoint.address.split('%')[0]!)!,
-        core,
-        peer,
-        addresses: hopAddresses(core.publicKey!),
-        innerPort: randomInt(1024, 65536),
-      });
+      this.hops.push(this.#makeHop(relay, index, endpoints[index]!, endpoints[index + 1] ?? null, mtu, index === relays.length - 1));
+      this.lastReceived.push(-Infinity);
     });
     this.tunMtu = mtu;
+  }
+
+  #makeHop(relay: Relay, index: number, endpoint: UdpEndpoint, next: UdpEndpoint | null, mtu: number, last: boolean): Hop {
+    const given = this.#options.hopKeys?.get(index);
+    if (relay.kind === 'wireguard' && given === undefined) {
+      throw new StrataError('ERR_HOP_KEY_MISSING', `hop ${index + 1} "${relay.name}" is a stock WireGuard server: give the key it knows (--hop-key ${relay.name}=FILE)`);
+    }
+    const key = given !== undefined ? new PrivateKey(given.raw()) : PrivateKey.generate();
+    const core = new WireGuard<UdpEndpoint>({ privateKey: key, epochMs: this.#options.epochMs, mtu });
+    key.wipe();
+    // Inside hop k, replies come from the next relay's address; at the exit, from anywhere.
+    const allowedIPs = last ? ['0.0.0.0/0', '::/0'] : [hostPrefix(next!)];
+    const peer = core.addPeer(relay.publicKey, { endpoint, allowedIPs });
+    return {
+      index,
+      relay,
+      endpoint,
+      endpointBytes: parseIP(endpoint.address.split('%')[0]!)!,
+      core,
+      peer,
+      addresses: hopAddresses(core.publicKey!),
+      innerPort: randomInt(1024, 65536),
+    };
+  }
+
+  /**
+   * Replaces hop k with another relay: a fresh key for that hop alone, the hop below told to
+   * accept the new relay's address, and the new hop's handshake started through the layers
+   * below. Hops above keep their sessions (their relays see the client roam to the new relay),
+   * so connections through the exit survive unless the exit itself is replaced.
+   */
+  replaceHop(k: number, relay: Relay, now: number): Outgoing<UdpEndpoint>[] {
+    const old = this.hops[k]!;
+    const pick = this.#options.pickEndpoint ?? defaultEndpoint;
+    const endpoint = pick(relay, k);
+    const next = this.hops[k + 1]?.endpoint ?? null;
+    const hop = this.#makeHop(relay, k, endpoint, next, old.core.mtu, k === this.hops.length - 1);
+    this.hops[k] = hop;
+    this.lastReceived[k] = -Infinity;
+    old.core.removePeer(old.peer);
+    old.core.setPrivateKey(null);
+    if (k > 0) {
+      const below = this.hops[k - 1]!;
+      below.core.allowedIPs.removeOwner(below.peer);
+      below.core.allowedIPs.insertText(hostPrefix(endpoint), below.peer);
+    }
+    return this.startHop(k, now);
+  }
+
+  /** Starts a handshake on every hop at once; `probeResult` then names the first that failed. */
+  probe(now: number): Outgoing<UdpEndpoint>[] {
+    this.#probeStart = now;
+    this.#probeBaseline = this.hops.map((h) => h.peer.lastHandshakeWallMs);
+    const out: Outgoing<UdpEndpoint>[] = [];
+    for (let k = 0; k < this.hops.length; k++) {
+      const h = this.hops[k]!;
+      this.#down(k, h.core.forceHandshake(h.peer, now), now, out);
+    }
+    return out;
+  }
+
+  /** The first hop whose probe handshake has not completed, or -1 when all answered. */
+  probeResult(): number {
+    for (let k = 0; k < this.hops.length; k++) {
+      if (this.hops[k]!.peer.lastHandshakeWallMs === this.#probeBaseline[k]) return k;
+    }
+    return -1;
   }
 
   get exit(): Hop {
@@ -136,6 +191,7 @@ export class CascadeEngine {
 
   /** A packet from the TUN: sealed for the exit and wrapped down to hop 0. */
   send(packet: Uint8Array, now: number): Outgoing<UdpEndpoint>[] {
+    this.lastSent = now;
     const exit = this.exit;
     const r = exit.core.send(packet, now);
     if (r.kind === 'drop') return [];
@@ -151,6 +207,7 @@ export class CascadeEngine {
       const hop = this.hops[level]!;
       const r = hop.core.receive(d, src, now);
       this.#down(level, r.out, now, out);
+      if (r.kind !== 'drop') this.lastReceived[level] = now;
       if (r.kind !== 'deliver') return { deliver: null, out };
       if (level === this.hops.length - 1) return { deliver: r.packet, out };
       const u = parseUdp(r.packet);
@@ -201,6 +258,10 @@ export class CascadeEngine {
       h.core.setPrivateKey(null);
     }
   }
+}
+
+function hostPrefix(e: UdpEndpoint): string {
+  return `${e.address.split('%')[0]}/${e.family === 'IPv4' ? 32 : 128}`;
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -14,6 +14,11 @@ import { ClientDaemon, type ClientStatus } from '../client/daemon.ts';
 import { controlPath, DEFAULT_RUN_DIR, request, serveControl } from '../client/control.ts';
 import { RelayDaemon } from '../relay/daemon.ts';
 import { sys } from '../io/libc.ts';
+import { registerDir } from './dir.ts';
+import { loadDirectoryConfig, type DirectoryConfig } from '../directory/config.ts';
+import { signDescriptor } from '../directory/descriptor.ts';
+import { SigningKey } from '../directory/ed25519.ts';
+import type { Relay } from '../cascade/relaylist.ts';
 
 function fail(e: unknown): never {
   if (e instanceof StrataError) process.stderr.write(`strata: ${e.message} (${e.code})\n`);
@@ -46,6 +51,14 @@ async function readKey(fromStdin: boolean): Promise<PrivateKey> {
   return PrivateKey.parse(text);
 }
 
+async function guarded(f: () => Promise<void> | void): Promise<void> {
+  try {
+    await f();
+  } catch (e) {
+    fail(e);
+  }
+}
+
 const program = new Command('strata')
   .description('Strata: a multi-hop WireGuard VPN')
   .showHelpAfterError()
@@ -57,8 +70,12 @@ const program = new Command('strata')
 program
   .command('connect')
   .description('build a cascade through 1 to 5 relays and route traffic through it')
-  .requiredOption('--relays <file>', 'relay list (JSON)')
+  .option('--relays <file>', 'relay list (JSON)')
+  .option('--directory <file>', 'directory configuration: pinned authorities, threshold, mirrors')
   .option('--path <names>', 'comma-separated relay names, entry first')
+  .option('--exit-country <cc>', 'the exit must be in this country')
+  .option('--no-kill-switch', 'do not install the fail-closed rule (for comparison runs only)')
+  .option('--failover-silence <ms>', 'silence at the exit, while sending, before hops are probed', '1000')
   .option('--hops <n>', 'number of hops when no --path is given', '3')
   .option('--ifname <name>', 'tunnel interface name', 'strata0')
   .option('--hop-timeout <seconds>', 'time each hop has to answer its handshake', '5')
@@ -66,10 +83,33 @@ program
   .option('--hop-key <name=file...>', 'for a stock WireGuard hop: the private key file it knows')
   .option('--run-dir <dir>', 'where the control socket lives', DEFAULT_RUN_DIR)
   .option('-f, --foreground', 'stay in the foreground')
-  .action(async (o: { relays: string; path?: string; hops: string; ifname: string; hopTimeout: string; route?: string[]; hopKey?: string[]; runDir: string; foreground?: boolean }) => {
+  .action(async (o: {
+    relays?: string;
+    directory?: string;
+    path?: string;
+    hops: string;
+    exitCountry?: string;
+    killSwitch: boolean;
+    failoverSilence: string;
+    ifname: string;
+    hopTimeout: string;
+    route?: string[];
+    hopKey?: string[];
+    runDir: string;
+    foreground?: boolean;
+  }) => {
     try {
-      const relays = loadRelayList(o.relays);
-      const path = o.path !== undefined ? pickPath(relays, o.path.split(',').map((s) => s.trim())) : choosePath(relays, Number(o.hops));
+      if ((o.relays === undefined) === (o.directory === undefined)) throw new StrataError('ERR_OPTION', 'give either --relays FILE or --directory FILE');
+      let dir: DirectoryConfig | null = null;
+      let relays: Relay[];
+      if (o.directory !== undefined) {
+        dir = loadDirectoryConfig(o.directory);
+        relays = (await dir.client.refresh()).consensus.relays;
+      } else relays = loadRelayList(o.relays!);
+      const constraints = o.exitCountry !== undefined ? { exitCountry: o.exitCountry.toUpperCase() } : {};
+      const path = o.path !== undefined ? pickPath(relays, o.path.split(',').map((s) => s.trim())) : choosePath(relays, Number(o.hops), constraints);
+      const silenceMs = Number(o.failoverSilence);
+      if (!(silenceMs >= 100 && silenceMs <= 60_000)) throw new StrataError('ERR_OPTION', '--failover-silence must be 100 to 60000 ms');
       const hopTimeout = Number(o.hopTimeout);
       if (!(hopTimeout > 0 && hopTimeout <= 120)) throw new StrataError('ERR_OPTION', '--hop-timeout must be 1 to 120 seconds');
       const sock = controlPath(o.runDir);
@@ -94,8 +134,32 @@ program
         }
         hopKeys.set(index, PrivateKey.parse(text));
       }
-      const daemon = await ClientDaemon.connect({ path, ifname: o.ifname, hopTimeout, routes: o.route ?? null, hopKeys });
+      const daemon = await ClientDaemon.connect({
+        path,
+        relays,
+        ifname: o.ifname,
+        hopTimeout,
+        routes: o.route ?? null,
+        hopKeys,
+        killSwitch: o.killSwitch,
+        failover: { silenceMs },
+        constraints,
+      });
       for (const k of hopKeys.values()) k.wipe();
+      if (dir !== null) {
+        const d = dir;
+        daemon.directorySerial = d.client.current?.serial ?? null;
+        // Refresh from the mirrors; keep the last good consensus when none answers.
+        setInterval(() => {
+          d.client.refresh().then(
+            (r) => {
+              daemon.relays = r.consensus.relays;
+              daemon.directorySerial = r.consensus.serial;
+            },
+            () => {},
+          );
+        }, d.refreshMs).unref();
+      }
       const control = await serveControl(sock, async (op) => {
         if (op === 'status') return daemon.status();
         if (op === 'disconnect') {
@@ -190,43 +254,110 @@ program
     }
   });
 
-program
+interface RelayRunOptions {
+  relays?: string;
+  directory?: string;
+  listenPort: string;
+  exit?: boolean;
+  keyStdin?: boolean;
+  allow?: string;
+  maxClients: string;
+}
+
+/** Runs a relay with the keys given; returns once it is listening. */
+async function runRelay(o: RelayRunOptions, key: PrivateKey): Promise<void> {
+  if ((o.relays === undefined) === (o.directory === undefined)) throw new StrataError('ERR_OPTION', 'give either --relays FILE or --directory FILE');
+  const port = Number(o.listenPort);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('ERR_OPTION', '--listen-port must be 0 to 65535');
+  let dir: DirectoryConfig | null = null;
+  let relays: Relay[] = [];
+  if (o.directory !== undefined) {
+    dir = loadDirectoryConfig(o.directory);
+    // A relay not yet in any consensus may still start: it forwards to nobody until one lists relays.
+    try {
+      relays = (await dir.client.refresh()).consensus.relays;
+    } catch {
+      relays = [];
+    }
+  } else relays = loadRelayList(o.relays!);
+  let allow: PublicKey[] | null = null;
+  if (o.allow !== undefined) {
+    allow = fs
+      .readFileSync(o.allow, 'utf8')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l !== '' && !l.startsWith('#'))
+      .map((l) => PublicKey.parse(l));
+  }
+  const daemon = await RelayDaemon.start({ privateKey: key, relays, listenPort: port, exit: o.exit === true, allow, maxClients: Number(o.maxClients) });
+  key.wipe();
+  if (dir !== null) {
+    const d = dir;
+    setInterval(() => {
+      d.client.refresh().then(
+        (r) => daemon.node.setRelays(r.consensus.relays),
+        () => {},
+      );
+    }, d.refreshMs).unref();
+  }
+  process.stdout.write(`relay ready (${o.exit ? 'exit' : 'forwarding'})\n`);
+  const stop = (): void => {
+    daemon.stop();
+    sys().exit(0);
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+}
+
+const relayCommand = program
   .command('relay')
   .description('run a relay (foreground); the key comes from STRATA_PRIVATE_KEY or stdin, never a file')
-  .requiredOption('--relays <file>', 'relay list: the relays this one may forward to')
+  .option('--relays <file>', 'relay list: the relays this one may forward to')
+  .option('--directory <file>', 'directory configuration: forward to the relays of the current consensus')
   .option('--listen-port <port>', 'UDP port', '51820')
   .option('--exit', 'also act as an exit (TUN, forwarding and masquerade in this host or namespace)')
   .option('--key-stdin', 'read the private key from standard input')
   .option('--allow <file>', 'allow-list mode: only the client public keys in this file (one per line)')
   .option('--max-clients <n>', 'most clients at once', '1024')
-  .action(async (o: { relays: string; listenPort: string; exit?: boolean; keyStdin?: boolean; allow?: string; maxClients: string }) => {
-    try {
-      const relays = loadRelayList(o.relays);
-      const port = Number(o.listenPort);
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('ERR_OPTION', '--listen-port must be 0 to 65535');
-      const key = await readKey(o.keyStdin === true);
-      let allow: PublicKey[] | null = null;
-      if (o.allow !== undefined) {
-        allow = fs
-          .readFileSync(o.allow, 'utf8')
-          .split('\n')
-          .map((l) => l.trim())
-          .filter((l) => l !== '' && !l.startsWith('#'))
-          .map((l) => PublicKey.parse(l));
-      }
-      const daemon = await RelayDaemon.start({ privateKey: key, relays, listenPort: port, exit: o.exit === true, allow, maxClients: Number(o.maxClients) });
-      key.wipe();
-      process.stdout.write(`relay ready (${o.exit ? 'exit' : 'forwarding'})\n`);
-      const stop = (): void => {
-        daemon.stop();
-        sys().exit(0);
-      };
-      process.on('SIGTERM', stop);
-      process.on('SIGINT', stop);
-    } catch (e) {
-      fail(e);
-    }
-  });
+  .action((o: RelayRunOptions) => guarded(async () => runRelay(o, await readKey(o.keyStdin === true))));
+
+relayCommand
+  .command('init')
+  .description('on a fresh host: make keys in memory, print the signed descriptor for the authorities, and run')
+  .requiredOption('--name <name>', 'relay name')
+  .requiredOption('--country <cc>', 'two-letter country code')
+  .requiredOption('--provider <p>', 'hosting provider or AS')
+  .requiredOption('--family <f>', 'operator family')
+  .requiredOption('--endpoint <addr:port...>', 'public endpoint(s)')
+  .option('--roles <roles>', 'comma-separated: entry,middle,exit', 'entry,middle')
+  .option('--capacity <n>', 'relative capacity', '1')
+  .option('--relays <file>', 'relay list: the relays this one may forward to')
+  .option('--directory <file>', 'directory configuration')
+  .option('--listen-port <port>', 'UDP port', '51820')
+  .option('--exit', 'also act as an exit')
+  .option('--max-clients <n>', 'most clients at once', '1024')
+  .action(
+    (o: RelayRunOptions & { name: string; country: string; provider: string; family: string; endpoint: string[]; roles: string; capacity: string }) =>
+      guarded(async () => {
+        const identity = SigningKey.generate();
+        const key = PrivateKey.generate();
+        const roles = o.roles.split(',').map((r) => r.trim());
+        if (!roles.every((r) => r === 'entry' || r === 'middle' || r === 'exit')) throw new StrataError('ERR_OPTION', '--roles takes entry, middle, exit');
+        if (roles.includes('exit')) o.exit = true;
+        const descriptor = signDescriptor(identity, {
+          name: o.name,
+          wireguardKey: key.publicKey(),
+          endpoints: o.endpoint,
+          roles: roles as ('entry' | 'middle' | 'exit')[],
+          country: o.country.toUpperCase(),
+          provider: o.provider,
+          family: o.family,
+          capacity: Number(o.capacity),
+        });
+        process.stdout.write(JSON.stringify(descriptor) + '\n');
+        await runRelay(o, key);
+      }),
+  );
 
 program
   .command('keygen')
@@ -250,5 +381,7 @@ program
       fail(e);
     }
   });
+
+registerDir(program, guarded);
 
 await program.parseAsync(process.argv);

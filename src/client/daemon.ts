@@ -10,6 +10,8 @@ import { StrataError } from '../crypto/errors.ts';
 import type { PrivateKey } from '../crypto/keys.ts';
 import { CascadeEngine } from '../cascade/client.ts';
 import type { Relay } from '../cascade/relaylist.ts';
+import { replaceHop, type PathConstraints } from '../cascade/path.ts';
+import { disableKillSwitch, enableKillSwitch } from './killswitch.ts';
 import { formatEndpoint } from '../device/endpoint.ts';
 import { createBind, createTun } from '../io/index.ts';
 import type { Tun, UdpBind, UdpEndpoint } from '../io/types.ts';
@@ -17,6 +19,13 @@ import type { Outgoing } from '../wireguard/core.ts';
 
 export const ROUTE_TABLE = 21317; // also the socket mark
 const RULE_PRIORITY = 21310;
+/**
+ * IPv6 needs a link MTU of at least 1280 (RFC 8200); Linux refuses IPv6 addresses on a smaller
+ * one. Deep cascades (4 or 5 hops: 1260, 1200) get a TUN of 1280 for IPv6, whose largest packets
+ * the kernel then fragments on the outer hops, while IPv4 keeps the cascade's MTU through the
+ * `mtu` of its routes.
+ */
+const IPV6_MIN_MTU = 1280;
 
 export interface ClientOptions {
   path: readonly Relay[];
@@ -27,6 +36,33 @@ export interface ClientOptions {
   routes?: readonly string[] | null;
   /** Registered keys for stock WireGuard hops, by hop index. */
   hopKeys?: ReadonlyMap<number, PrivateKey>;
+  /** The relays replacements are drawn from (the relay list or the current consensus). */
+  relays?: readonly Relay[];
+  /** Install the fail-closed nftables rule (default true). */
+  killSwitch?: boolean;
+  failover?: Partial<FailoverTiming>;
+  /** Path rules for replacements. */
+  constraints?: PathConstraints;
+}
+
+export interface FailoverTiming {
+  /** Silence at the exit while the user sends, before the hops are probed. */
+  silenceMs: number;
+  /** How long the probe handshakes have to come back. */
+  probeMs: number;
+  /** How long a replacement hop has to come up before another is tried. */
+  replaceMs: number;
+}
+
+export const DEFAULT_FAILOVER: FailoverTiming = { silenceMs: 1000, probeMs: 500, replaceMs: 2000 };
+
+export interface FailoverEvent {
+  hop: number;
+  failed: string;
+  replacement: string | null;
+  /** ms from the last packet received to detection, and to the new hop being up. */
+  detectedAfterMs: number;
+  restoredAfterMs: number | null;
 }
 
 export interface HopStatus {
@@ -45,6 +81,9 @@ export interface ClientStatus {
   mtu: number;
   addresses: string[];
   hops: HopStatus[];
+  killSwitch: boolean;
+  failovers: FailoverEvent[];
+  directorySerial: number | null;
 }
 
 function ip(args: string[]): void {
@@ -64,30 +103,48 @@ export class ClientDaemon {
   readonly tun: Tun;
   readonly bind: UdpBind;
   readonly #routes: readonly string[] | null;
+  relays: readonly Relay[];
+  directorySerial: number | null = null;
+  readonly failovers: FailoverEvent[] = [];
+  readonly #failed = new Set<string>();
+  readonly #timing: FailoverTiming;
+  readonly #constraints: PathConstraints;
+  #killSwitch = false;
+  #monitor: NodeJS.Timeout | null = null;
+  #repairing = false;
+  #lastProbe = -Infinity;
+  #addresses: [string, string] | null = null;
   #timer: NodeJS.Timeout | null = null;
   #timerAt = Infinity;
   #running = false;
   #routed = false;
 
-  private constructor(engine: CascadeEngine, tun: Tun, bind: UdpBind, routes: readonly string[] | null) {
+  private constructor(engine: CascadeEngine, tun: Tun, bind: UdpBind, o: ClientOptions) {
     this.engine = engine;
     this.tun = tun;
     this.bind = bind;
-    this.#routes = routes;
+    this.#routes = o.routes ?? null;
+    this.relays = o.relays ?? o.path;
+    this.#timing = { ...DEFAULT_FAILOVER, ...(o.failover ?? {}) };
+    this.#constraints = o.constraints ?? {};
   }
 
   static async connect(o: ClientOptions): Promise<ClientDaemon> {
     const engine = new CascadeEngine(o.path, { epochMs: Date.now() - performance.now(), ...(o.hopKeys ? { hopKeys: o.hopKeys } : {}) });
     let tun: Tun;
     try {
-      tun = createTun(o.ifname ?? 'strata0', engine.tunMtu);
+      tun = createTun(o.ifname ?? 'strata0', Math.max(engine.tunMtu, IPV6_MIN_MTU));
     } catch (e) {
       engine.close();
       throw new StrataError('ERR_TUN', `cannot create the tunnel interface: ${(e as Error).message}`);
     }
     const bind = createBind();
-    const d = new ClientDaemon(engine, tun, bind, o.routes ?? null);
+    const d = new ClientDaemon(engine, tun, bind, o);
     try {
+      if (o.killSwitch !== false) {
+        enableKillSwitch(tun.name, ROUTE_TABLE);
+        d.#killSwitch = true;
+      }
       await bind.open(0);
       bind.setMark(ROUTE_TABLE);
       bind.start((dg, from) => d.#onDatagram(dg, from));
@@ -98,6 +155,7 @@ export class ClientDaemon {
       d.#running = true;
       await d.#bringUp(o.hopTimeout ?? 5);
       d.#route();
+      d.#monitor = setInterval(() => d.#watch(), 100);
     } catch (e) {
       d.close();
       throw e;
@@ -120,19 +178,92 @@ export class ClientDaemon {
     }
   }
 
-  #route(): void {
+  /** Gives the TUN the exit hop's addresses (again, after the exit was replaced). */
+  #address(): void {
     const name = this.tun.name;
+    if (this.#addresses !== null) {
+      tryIp(['addr', 'del', `${this.#addresses[0]}/32`, 'dev', name]);
+      tryIp(['-6', 'addr', 'del', `${this.#addresses[1]}/128`, 'dev', name]);
+    }
     const exit = this.engine.exit.addresses;
     ip(['addr', 'add', `${exit.v4Text}/32`, 'dev', name]);
     ip(['-6', 'addr', 'add', `${exit.v6Text}/128`, 'dev', name, 'nodad']);
+    this.#addresses = [exit.v4Text, exit.v6Text];
+  }
+
+  /**
+   * Failover: while the user sends and nothing has come back from the exit for silenceMs, every
+   * hop is probed with a handshake; the first that does not answer within probeMs is replaced
+   * alone (a new relay keeping the path's diversity rules, never one seen failing).
+   */
+  #watch(): void {
+    if (!this.#running || this.#repairing) return;
+    const now = performance.now();
+    const e = this.engine;
+    const exitHeard = e.lastReceived[e.hops.length - 1]!;
+    const silent = now - e.lastSent < 2000 && e.lastSent > exitHeard && now - exitHeard > this.#timing.silenceMs;
+    if (!silent || now - this.#lastProbe < this.#timing.silenceMs + this.#timing.probeMs) return;
+    this.#lastProbe = now;
+    this.#repairing = true;
+    this.#send(e.probe(now));
+    this.#schedule();
+    setTimeout(() => {
+      const k = e.probeResult();
+      if (k < 0) {
+        // Every relay answered: the silence is the destination's. Back off before asking again.
+        this.#lastProbe = performance.now() + 10_000;
+        this.#repairing = false;
+        return;
+      }
+      void this.#repair(k, exitHeard).finally(() => (this.#repairing = false));
+    }, this.#timing.probeMs);
+  }
+
+  async #repair(k: number, lastHeard: number): Promise<void> {
+    const failed = this.engine.hops[k]!.relay;
+    this.#failed.add(failed.name);
+    const event: FailoverEvent = {
+      hop: k + 1,
+      failed: failed.name,
+      replacement: null,
+      detectedAfterMs: Math.round(performance.now() - lastHeard),
+      restoredAfterMs: null,
+    };
+    this.failovers.push(event);
+    for (;;) {
+      if (!this.#running) return;
+      let relay: Relay;
+      try {
+        relay = replaceHop(this.relays, this.engine.hops.map((h) => h.relay), k, { ...this.#constraints, avoid: this.#failed });
+      } catch {
+        return; // no relay left that keeps the rules: traffic stays blocked (fail closed)
+      }
+      event.replacement = relay.name;
+      this.#send(this.engine.replaceHop(k, relay, performance.now()));
+      this.#schedule();
+      const deadline = performance.now() + this.#timing.replaceMs;
+      while (!this.engine.hopUp(k) && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      if (this.engine.hopUp(k)) {
+        if (k === this.engine.hops.length - 1) this.#address();
+        event.restoredAfterMs = Math.round(performance.now() - lastHeard);
+        return;
+      }
+      this.#failed.add(relay.name);
+    }
+  }
+
+  #route(): void {
+    const name = this.tun.name;
+    this.#address();
     ip(['link', 'set', name, 'up']);
     this.#routed = true;
+    const v4Mtu = this.engine.tunMtu < this.tun.mtu ? ['mtu', String(this.engine.tunMtu)] : [];
     if (this.#routes !== null) {
-      for (const r of this.#routes) ip([r.includes(':') ? '-6' : '-4', 'route', 'add', r, 'dev', name]);
+      for (const r of this.#routes) ip(r.includes(':') ? ['-6', 'route', 'add', r, 'dev', name] : ['-4', 'route', 'add', r, 'dev', name, ...v4Mtu]);
       return;
     }
     for (const f of ['-4', '-6']) {
-      ip([f, 'route', 'add', 'default', 'dev', name, 'table', String(ROUTE_TABLE)]);
+      ip([f, 'route', 'add', 'default', 'dev', name, 'table', String(ROUTE_TABLE), ...(f === '-4' ? v4Mtu : [])]);
       ip([f, 'rule', 'add', 'not', 'fwmark', String(ROUTE_TABLE), 'table', String(ROUTE_TABLE), 'priority', String(RULE_PRIORITY + 1)]);
       ip([f, 'rule', 'add', 'table', 'main', 'suppress_prefixlength', '0', 'priority', String(RULE_PRIORITY)]);
     }
@@ -197,14 +328,23 @@ export class ClientDaemon {
         rxBytes: h.peer.rxBytes,
         txBytes: h.peer.txBytes,
       })),
+      killSwitch: this.#killSwitch,
+      failovers: this.failovers,
+      directorySerial: this.directorySerial,
     };
   }
 
   close(): void {
     this.#running = false;
     if (this.#timer) clearTimeout(this.#timer);
+    if (this.#monitor) clearInterval(this.#monitor);
     this.#timer = null;
+    this.#monitor = null;
     this.#unroute();
+    if (this.#killSwitch) {
+      disableKillSwitch();
+      this.#killSwitch = false;
+    }
     this.tun.close();
     void this.bind.close();
     this.engine.close();

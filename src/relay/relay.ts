@@ -76,6 +76,7 @@ export class RelayNode {
     unknownReplySources: 0,
   };
   readonly #bind: UdpBind;
+  readonly #self: PublicKey;
   readonly #tun: Tun | null;
   readonly #allowedNext = new Map<number | string, UdpEndpoint>();
   readonly #forwarders = new Map<Peer<UdpEndpoint>, Forwarder>();
@@ -99,11 +100,8 @@ export class RelayNode {
     this.#rate = o.admissionsPerSecond ?? 50;
     this.#tokens = this.#rate * 2;
     this.#now = o.now ?? (() => performance.now());
-    const self = o.privateKey.publicKey();
-    for (const r of o.relays) {
-      if (r.publicKey.equals(self)) continue;
-      for (const e of r.endpoints) this.#allowedNext.set(destKey(parseIP(e.address.split('%')[0]!)!, e.port), e);
-    }
+    this.#self = o.privateKey.publicKey();
+    this.setRelays(o.relays);
     this.core = new WireGuard<UdpEndpoint>({
       privateKey: o.privateKey,
       epochMs: Date.now() - this.#now(),
@@ -111,6 +109,15 @@ export class RelayNode {
       admit: (key, now) => this.#admit(key, now),
       onKeysZeroed: (peer) => this.#expire(peer),
     });
+  }
+
+  /** Replaces the relays this one may forward to (after a directory refresh). */
+  setRelays(relays: readonly RelayEntry[]): void {
+    this.#allowedNext.clear();
+    for (const r of relays) {
+      if (r.publicKey.equals(this.#self)) continue;
+      for (const e of r.endpoints) this.#allowedNext.set(destKey(parseIP(e.address.split('%')[0]!)!, e.port), e);
+    }
   }
 
   /** Whether a next hop (address bytes and port) is one this relay may forward to. */

@@ -257,6 +257,15 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     return this.#sendKeepalive(peer, now);
   }
 
+  /**
+   * Starts a handshake now, even within REKEY_TIMEOUT of the last one: a cascade client uses
+   * it to probe whether a relay still answers.
+   */
+  forceHandshake(peer: Peer<E>, now: number): Outgoing<E>[] {
+    peer.handshake.lastSentHandshake = -Infinity;
+    return this.#initiate(peer, now, false);
+  }
+
   /** Sends what is staged for a peer, starting a handshake if there is no session. */
   sendStaged(peer: Peer<E>, now: number): Outgoing<E>[] {
     return this.#sendStaged(peer, now);
