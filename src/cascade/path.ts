@@ -72,8 +72,10 @@ export function choosePath(relays: readonly Relay[], hops: number, c: PathConstr
 
 /** A replacement for hop `index` of `path` that keeps every rule with the other hops. */
 export function replaceHop(relays: readonly Relay[], path: readonly Relay[], index: number, c: PathConstraints = {}): Relay {
+  const replaced = path[index]!;
   const others = path.filter((_, i) => i !== index);
   const avoid = new Set(c.avoid ?? []);
-  avoid.add(path[index]!.name);
+  // Never the relay being replaced, under any name (same key).
+  for (const r of relays) if (r.name === replaced.name || r.publicKey.equals(replaced.publicKey)) avoid.add(r.name);
   return pick(relays, roleAt(index, path.length), others, { ...c, avoid }, index);
 }

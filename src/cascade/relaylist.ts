@@ -58,6 +58,7 @@ export function parseRelayList(text: string): Relay[] {
     throw new StrataError('ERR_RELAYLIST_INVALID', `relay list: ${at}: ${issue.message}`);
   }
   const seen = new Set<string>();
+  const keys = new Set<string>();
   return r.data.relays.map((raw) => {
     if (seen.has(raw.name)) throw new StrataError('ERR_RELAYLIST_INVALID', `relay list: relay "${raw.name}" appears twice`);
     seen.add(raw.name);
@@ -67,6 +68,8 @@ export function parseRelayList(text: string): Relay[] {
     } catch {
       throw new StrataError('ERR_RELAYLIST_INVALID', `relay list: relay "${raw.name}": publicKey is not a WireGuard public key`);
     }
+    if (keys.has(publicKey.toHex())) throw new StrataError('ERR_RELAYLIST_INVALID', `relay list: relay "${raw.name}" has another relay's key`);
+    keys.add(publicKey.toHex());
     const endpoints = raw.endpoints.map((t) => {
       const e = parseEndpoint(t);
       if (e === null) throw new StrataError('ERR_RELAYLIST_INVALID', `relay list: relay "${raw.name}": endpoint "${t}" is not ADDRESS:PORT`);

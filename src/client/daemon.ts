@@ -178,16 +178,21 @@ export class ClientDaemon {
     }
   }
 
-  /** Gives the TUN the exit hop's addresses (again, after the exit was replaced). */
+  /**
+   * Gives the TUN the exit hop's addresses (again, after the exit was replaced). The new ones
+   * go on before the old come off: an interface left with no address loses its routes.
+   */
   #address(): void {
     const name = this.tun.name;
-    if (this.#addresses !== null) {
-      tryIp(['addr', 'del', `${this.#addresses[0]}/32`, 'dev', name]);
-      tryIp(['-6', 'addr', 'del', `${this.#addresses[1]}/128`, 'dev', name]);
-    }
     const exit = this.engine.exit.addresses;
+    const old = this.#addresses;
+    if (old !== null && old[0] === exit.v4Text) return;
     ip(['addr', 'add', `${exit.v4Text}/32`, 'dev', name]);
     ip(['-6', 'addr', 'add', `${exit.v6Text}/128`, 'dev', name, 'nodad']);
+    if (old !== null) {
+      tryIp(['addr', 'del', `${old[0]}/32`, 'dev', name]);
+      tryIp(['-6', 'addr', 'del', `${old[1]}/128`, 'dev', name]);
+    }
     this.#addresses = [exit.v4Text, exit.v6Text];
   }
 

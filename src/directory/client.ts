@@ -8,6 +8,8 @@ import { readFile } from 'node:fs/promises';
 import { StrataError } from '../crypto/errors.ts';
 import { parseConsensus, verifyConsensus, type TrustAnchor, type VerifiedConsensus } from './consensus.ts';
 
+const MAX_CONSENSUS_BYTES = 16 << 20;
+
 export interface MirrorFailure {
   mirror: string;
   code: string;
@@ -48,9 +50,22 @@ export class DirectoryClient {
         throw new StrataError('ERR_DIR_FETCH', `mirror unreachable: ${(e as Error).message}`);
       }
       if (!res.ok) throw new StrataError('ERR_DIR_FETCH', `mirror answered HTTP ${res.status}`);
-      const text = await res.text();
-      if (text.length > 16 << 20) throw new StrataError('ERR_DIR_FETCH', 'mirror sent more than 16 MiB');
-      return text;
+      // Read at most 16 MiB: a hostile mirror cannot make the client buffer more.
+      const chunks: Uint8Array[] = [];
+      let size = 0;
+      const reader = res.body?.getReader();
+      if (reader === undefined) return '';
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        size += value.byteLength;
+        if (size > MAX_CONSENSUS_BYTES) {
+          await reader.cancel();
+          throw new StrataError('ERR_DIR_FETCH', 'mirror sent more than 16 MiB');
+        }
+        chunks.push(value);
+      }
+      return Buffer.concat(chunks).toString('utf8');
     }
     try {
       return await readFile(mirror.startsWith('file://') ? new URL(mirror) : mirror, 'utf8');

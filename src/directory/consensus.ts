@@ -45,7 +45,7 @@ export function makeConsensus(serial: number, window: ConsensusWindow, descripto
     freshUntil: window.freshUntil.toISOString(),
     validUntil: window.validUntil.toISOString(),
     relays: descriptors.map((d) => ({
-      descriptor: d,
+      descriptor: structuredClone(d),
       flags: ['Running', 'Valid', ...(d.body.roles.includes('exit') ? (['Exit'] as const) : [])],
     })),
   };
@@ -110,7 +110,10 @@ function date(text: string, field: string): Date {
  */
 export function verifyConsensus(doc: SignedConsensus, anchor: TrustAnchor, now: Date, last: VerifiedConsensus | null = null): VerifiedConsensus {
   const pinned = new Set(anchor.authorities);
-  if (anchor.threshold < 1 || anchor.threshold > pinned.size) {
+  for (const a of pinned) {
+    if (parsePublicKey(a) === null) throw new StrataError('ERR_DIR_CONFIG', 'a pinned authority key is not 32 bytes of base64');
+  }
+  if (!Number.isInteger(anchor.threshold) || anchor.threshold < 1 || anchor.threshold > pinned.size) {
     throw new StrataError('ERR_DIR_CONFIG', `threshold ${anchor.threshold} is not between 1 and the ${pinned.size} pinned authorities`);
   }
   const bytes = signedBytes(CONSENSUS_DOMAIN, doc.consensus);
@@ -150,9 +153,12 @@ export function verifyConsensus(doc: SignedConsensus, anchor: TrustAnchor, now: 
     })
     .filter((r) => r.roles.length > 0);
   const names = new Set<string>();
+  const keys = new Set<string>();
   for (const r of relays) {
     if (names.has(r.name)) throw new StrataError('ERR_DIR_MALFORMED', `consensus lists relay "${r.name}" twice`);
+    if (keys.has(r.publicKey.toHex())) throw new StrataError('ERR_DIR_MALFORMED', `consensus lists relay "${r.name}" with another relay's WireGuard key`);
     names.add(r.name);
+    keys.add(r.publicKey.toHex());
   }
   return { serial: c.serial, validAfter, freshUntil, validUntil, relays, digest, document: doc };
 }

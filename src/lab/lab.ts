@@ -104,6 +104,23 @@ export class Lab {
     return child;
   }
 
+  /**
+   * As a seizure would: SIGKILL to everything in a host's namespace, then the namespace (and
+   * so its link) deleted. The host stays in the map but is gone from the network.
+   */
+  async seize(name: string): Promise<void> {
+    const h = this.host(name);
+    const pids = (await this.#cmd('ip', ['netns', 'pids', h.ns])).split(/\s+/).filter(Boolean);
+    for (const pid of pids) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    await this.#cmd('ip', ['netns', 'del', h.ns]);
+  }
+
   /** Kills every process left in our namespaces and deletes them. Safe to call twice. */
   async close(): Promise<void> {
     if (this.#closed) return;
