@@ -12,6 +12,7 @@ import { CascadeEngine } from '../cascade/client.ts';
 import type { Relay } from '../cascade/relaylist.ts';
 import { replaceHop, type PathConstraints } from '../cascade/path.ts';
 import { disableKillSwitch, enableKillSwitch } from './killswitch.ts';
+import { WakeTimer } from '../device/waketimer.ts';
 import { formatEndpoint } from '../device/endpoint.ts';
 import { createBind, createTun } from '../io/index.ts';
 import type { Tun, UdpBind, UdpEndpoint } from '../io/types.ts';
@@ -114,8 +115,7 @@ export class ClientDaemon {
   #repairing = false;
   #lastProbe = -Infinity;
   #addresses: [string, string] | null = null;
-  #timer: NodeJS.Timeout | null = null;
-  #timerAt = Infinity;
+  readonly #timer: WakeTimer;
   #running = false;
   #routed = false;
 
@@ -127,6 +127,7 @@ export class ClientDaemon {
     this.relays = o.relays ?? o.path;
     this.#timing = { ...DEFAULT_FAILOVER, ...(o.failover ?? {}) };
     this.#constraints = o.constraints ?? {};
+    this.#timer = new WakeTimer(engine, (now) => this.#send(engine.tick(now)));
   }
 
   static async connect(o: ClientOptions): Promise<ClientDaemon> {
@@ -303,18 +304,7 @@ export class ClientDaemon {
   }
 
   #schedule(): void {
-    if (!this.#running) return;
-    const at = this.engine.wakeHint;
-    if (at >= this.#timerAt) return;
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timerAt = at;
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      this.#timerAt = Infinity;
-      this.#send(this.engine.tick(performance.now()));
-      this.engine.resetWakeHint();
-      this.#schedule();
-    }, Math.max(0, at - performance.now()));
+    if (this.#running) this.#timer.schedule();
   }
 
   status(): ClientStatus {
@@ -341,9 +331,8 @@ export class ClientDaemon {
 
   close(): void {
     this.#running = false;
-    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer.stop();
     if (this.#monitor) clearInterval(this.#monitor);
-    this.#timer = null;
     this.#monitor = null;
     this.#unroute();
     if (this.#killSwitch) {

@@ -88,22 +88,29 @@ export class AeadKey {
   /** Decrypts ciphertext||tag; returns null when authentication fails. */
   open(counter: bigint, sealed: Uint8Array): Uint8Array | null {
     if (sealed.length < TAG_LEN) return null;
-    const n = sealed.length - TAG_LEN;
     if (this.#native !== null) {
+      const n = sealed.length - TAG_LEN;
       const out = Buffer.allocUnsafe(n);
       return this.#native.open(counter, sealed, out, 0) < 0 ? null : new Uint8Array(out.buffer, out.byteOffset, n);
     }
-    const d = createDecipheriv('chacha20-poly1305', this.#object(), this.#setNonce(counter), { authTagLength: TAG_LEN });
-    d.setAuthTag(sealed.subarray(n));
-    const body = d.update(sealed.subarray(0, n));
-    try {
-      d.final();
-    } catch {
-      body.fill(0);
-      return null;
-    }
-    return new Uint8Array(body.buffer, body.byteOffset, body.length);
+    return decipher(this.#object(), this.#setNonce(counter), sealed, null);
   }
+}
+
+/** ChaCha20-Poly1305 open on node:crypto: the plaintext, or null (wiped) if not authentic. */
+function decipher(key: KeyObject | Uint8Array, nonce: Buffer, sealed: Uint8Array, aad: Uint8Array | null): Uint8Array | null {
+  const n = sealed.length - TAG_LEN;
+  const d = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG_LEN });
+  d.setAuthTag(sealed.subarray(n));
+  if (aad !== null) d.setAAD(aad, { plaintextLength: n });
+  const body = d.update(sealed.subarray(0, n));
+  try {
+    d.final();
+  } catch {
+    body.fill(0);
+    return null;
+  }
+  return new Uint8Array(body.buffer, body.byteOffset, body.length);
 }
 
 function nonceOf(counter: bigint): Buffer {
@@ -121,18 +128,7 @@ export function sealOnce(key: Uint8Array, counter: bigint, plaintext: Uint8Array
 
 export function openOnce(key: Uint8Array, counter: bigint, sealed: Uint8Array, aad: Uint8Array): Uint8Array | null {
   if (sealed.length < TAG_LEN) return null;
-  const n = sealed.length - TAG_LEN;
-  const d = createDecipheriv('chacha20-poly1305', key, nonceOf(counter), { authTagLength: TAG_LEN });
-  d.setAuthTag(sealed.subarray(n));
-  d.setAAD(aad, { plaintextLength: n });
-  const body = d.update(sealed.subarray(0, n));
-  try {
-    d.final();
-  } catch {
-    body.fill(0);
-    return null;
-  }
-  return body;
+  return decipher(key, nonceOf(counter), sealed, aad);
 }
 
 export function xseal(key: Uint8Array, nonce24: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {

@@ -6,6 +6,7 @@
 import { WireGuard } from '../wireguard/core.ts';
 import type { Outgoing } from '../wireguard/core.ts';
 import type { Tun, UdpBind, UdpEndpoint } from '../io/types.ts';
+import { WakeTimer } from './waketimer.ts';
 
 export interface DeviceOptions {
   tun: Tun;
@@ -21,8 +22,7 @@ export class Device {
   /** The port asked for (0 = any); `bind.port` is the port bound. */
   listenPort = 0;
   fwmark = 0;
-  #timer: NodeJS.Timeout | null = null;
-  #timerAt = Infinity;
+  readonly #timer: WakeTimer;
   #up = false;
   readonly #onTunClosed: ((reason: Error) => void) | undefined;
   /** Packets from the TUN and datagrams from the bind, for counters. */
@@ -33,6 +33,7 @@ export class Device {
     this.bind = options.bind;
     this.#onTunClosed = options.onTunClosed;
     this.core = new WireGuard<UdpEndpoint>({ epochMs: Date.now() - performance.now(), mtu: this.tun.mtu });
+    this.#timer = new WakeTimer(this.core, (now) => this.#send(this.core.tick(now)));
   }
 
   now(): number {
@@ -105,37 +106,18 @@ export class Device {
   }
 
   #schedule(): void {
-    if (!this.#up) return;
-    const at = this.core.wakeHint;
-    if (at >= this.#timerAt) return;
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timerAt = at;
-    this.#timer = setTimeout(() => this.#fire(), Math.max(0, at - this.now()));
-  }
-
-  #fire(): void {
-    this.#timer = null;
-    this.#timerAt = Infinity;
-    const now = this.now();
-    this.#send(this.core.tick(now));
-    this.core.resetWakeHint();
-    this.#schedule();
+    if (this.#up) this.#timer.schedule();
   }
 
   /** Re-evaluates timers after configuration changes. */
   reschedule(): void {
-    this.core.resetWakeHint();
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = null;
-    this.#timerAt = Infinity;
-    this.#schedule();
+    if (this.#up) this.#timer.reset();
   }
 
   close(): void {
     if (!this.#up) return;
     this.#up = false;
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = null;
+    this.#timer.stop();
     this.tun.close();
     void this.bind.close();
     for (const p of [...this.core.peers()]) this.core.removePeer(p);

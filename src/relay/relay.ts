@@ -13,6 +13,7 @@ import { WireGuard, type Outgoing } from '../wireguard/core.ts';
 import { parseIP } from '../wireguard/ip.ts';
 import type { Peer } from '../wireguard/peer.ts';
 import type { Tun, UdpBind, UdpEndpoint } from '../io/types.ts';
+import { WakeTimer } from '../device/waketimer.ts';
 import { hopAddresses, type HopAddresses } from '../cascade/addresses.ts';
 import type { Relay as RelayEntry } from '../cascade/relaylist.ts';
 import { buildUdp, parseUdp, type UdpPacket } from '../cascade/udpip.ts';
@@ -87,8 +88,7 @@ export class RelayNode {
   #tokens: number;
   #tokensAt = 0;
   readonly #now: () => number;
-  #timer: NodeJS.Timeout | null = null;
-  #timerAt = Infinity;
+  readonly #timer: WakeTimer;
   #running = false;
 
   constructor(o: RelayOptions) {
@@ -109,6 +109,7 @@ export class RelayNode {
       admit: (key, now) => this.#admit(key, now),
       onKeysZeroed: (peer) => this.#expire(peer),
     });
+    this.#timer = new WakeTimer(this.core, (now) => this.#send(this.core.tick(now)), this.#now);
   }
 
   /** Replaces the relays this one may forward to (after a directory refresh). */
@@ -272,24 +273,13 @@ export class RelayNode {
   }
 
   #schedule(): void {
-    if (!this.#running) return;
-    const at = this.core.wakeHint;
-    if (at >= this.#timerAt) return;
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timerAt = at;
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      this.#timerAt = Infinity;
-      this.#send(this.core.tick(this.#now()));
-      this.core.resetWakeHint();
-      this.#schedule();
-    }, Math.max(0, at - this.#now()));
+    if (this.#running) this.#timer.schedule();
   }
 
   stop(): void {
     if (!this.#running) return;
     this.#running = false;
-    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer.stop();
     for (const peer of [...this.#forwarders.keys()]) this.#closeForwarder(peer);
     for (const peer of [...this.core.peers()]) this.core.removePeer(peer);
     this.core.setPrivateKey(null);
