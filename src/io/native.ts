@@ -10,6 +10,7 @@ import { formatIP, parseIPv4 as parseV4, parseIPv6 as parseV6 } from '../wiregua
 import { native, type NativeTunQueue, type NativeUdpSocket } from '../native/index.ts';
 import { LinuxTun } from './tun.ts';
 import type { Tun, UdpBind, UdpEndpoint } from './types.ts';
+import { bindPair } from './pair.ts';
 
 const SLOT = 65536;
 const RX_SLOTS = 64;
@@ -165,36 +166,14 @@ export class NativeUdpBind implements UdpBind {
 
   async open(port: number): Promise<number> {
     await this.close();
-    const wantV4 = this.#families.includes('IPv4');
-    const wantV6 = this.#families.includes('IPv6');
-    if (!wantV4) {
-      const v6 = new Side(6, port, this.#sizes);
-      this.#v6 = v6;
-      return this.#opened(v6.sock.port());
-    }
-    for (let attempt = 0; ; attempt++) {
-      const v4 = new Side(4, port, this.#sizes);
-      const bound = v4.sock.port();
-      let v6: Side | null = null;
-      if (wantV6) {
-        try {
-          v6 = new Side(6, bound, this.#sizes);
-        } catch (e) {
-          const code = (e as NodeJS.ErrnoException).code;
-          if (code === 'EADDRINUSE' && port === 0 && attempt < 100) {
-            v4.sock.close();
-            continue;
-          }
-          if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') {
-            v4.sock.close();
-            throw e;
-          }
-        }
-      }
-      this.#v4 = v4;
-      this.#v6 = v6;
-      return this.#opened(bound);
-    }
+    const { v4, v6, port: bound } = await bindPair<Side>(
+      { open: (f, p) => new Side(f === 'IPv4' ? 4 : 6, p, this.#sizes), port: (s) => s.sock.port(), close: (s) => s.sock.close() },
+      port,
+      this.#families,
+    );
+    this.#v4 = v4;
+    this.#v6 = v6;
+    return this.#opened(bound);
   }
 
   #opened(port: number): number {

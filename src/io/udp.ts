@@ -5,6 +5,7 @@
  */
 import dgram from 'node:dgram';
 import { sys } from './libc.ts';
+import { bindPair } from './pair.ts';
 import type { UdpBind, UdpEndpoint } from './types.ts';
 
 const SOL_SOCKET = 1;
@@ -63,37 +64,17 @@ export class NodeUdpBind implements UdpBind {
 
   async open(port: number): Promise<number> {
     await this.close();
-    if (!this.#families.includes('IPv4')) {
-      this.#v6 = await bindSocket('udp6', port);
-      this.#port = this.#v6.address().port;
-      if (this.#onDatagram) this.#listen(this.#onDatagram);
-      return this.#port;
-    }
-    // With port 0, the IPv6 socket must get the port the IPv4 one was given; retry on a clash.
-    for (let attempt = 0; ; attempt++) {
-      const v4 = await bindSocket('udp4', port);
-      const bound = v4.address().port;
-      let v6: dgram.Socket | null = null;
-      if (this.#families.includes('IPv6')) try {
-        v6 = await bindSocket('udp6', bound);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code === 'EADDRINUSE' && port === 0 && attempt < 100) {
-          v4.close();
-          continue;
-        }
-        if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL' && code !== 'EPROTONOSUPPORT') {
-          v4.close();
-          throw e;
-        }
-      }
-      this.#v4 = v4;
-      this.#v6 = v6;
-      this.#port = bound;
-      if (this.#mark !== 0) this.setMark(this.#mark);
-      if (this.#onDatagram) this.#listen(this.#onDatagram);
-      return bound;
-    }
+    const { v4, v6, port: bound } = await bindPair<dgram.Socket>(
+      { open: (f, p) => bindSocket(f === 'IPv4' ? 'udp4' : 'udp6', p), port: (s) => s.address().port, close: (s) => s.close() },
+      port,
+      this.#families,
+    );
+    this.#v4 = v4;
+    this.#v6 = v6;
+    this.#port = bound;
+    if (this.#mark !== 0) this.setMark(this.#mark);
+    if (this.#onDatagram) this.#listen(this.#onDatagram);
+    return bound;
   }
 
   start(onDatagram: (d: Uint8Array, from: UdpEndpoint) => void): void {
