@@ -88,7 +88,12 @@ export interface ClientStatus {
 }
 
 function ip(args: string[]): void {
-  execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  try {
+    execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    const why = String((e as { stderr?: Buffer }).stderr ?? '').trim() || (e as Error).message;
+    throw new StrataError('ERR_ROUTE', `cannot set up the tunnel's addresses or routes (ip ${args.join(' ')}): ${why}`);
+  }
 }
 
 function tryIp(args: string[]): void {
