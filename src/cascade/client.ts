@@ -22,6 +22,33 @@ import { buildUdp, parseUdp } from './udpip.ts';
 
 /** Bytes each layer adds: WireGuard's 32 plus the IP and UDP headers that carry it. */
 export const LAYER_OVERHEAD = { IPv4: 32 + 20 + 8, IPv6: 32 + 40 + 8 } as const;
+const IP_UDP = { IPv4: 28, IPv6: 48 } as const;
+
+const pad16 = (n: number): number => (n + 15) & ~15;
+
+/**
+ * The largest inner packet for a path whose layers use these families (outermost first), and
+ * each layer's largest plaintext. Relays pad what they seal to a multiple of 16 (they cannot
+ * know the client's sizes), so every layer is sized as if padded: the outermost datagram then
+ * fits PATH_MTU in both directions, with no fragmentation. The tunnel MTU is a multiple of 16.
+ */
+export function layerSizes(families: readonly ('IPv4' | 'IPv6')[]): { tunMtu: number; plaintext: number[] } {
+  const grow = (t: number): number[] => {
+    // plaintext[k] for k = N-1 (the exit) down to 0, then the outer IP packet.
+    const sizes = new Array<number>(families.length);
+    let p = t;
+    for (let k = families.length - 1; k >= 0; k--) {
+      sizes[k] = pad16(p);
+      p = sizes[k]! + 32 + IP_UDP[families[k]!];
+    }
+    sizes.push(p);
+    return sizes;
+  };
+  let t = (PATH_MTU - IP_UDP[families[0]!] - 32) & ~15;
+  while (grow(t).at(-1)! > PATH_MTU) t -= 16;
+  const sizes = grow(t);
+  return { tunMtu: t, plaintext: sizes.slice(0, families.length) };
+}
 export const PATH_MTU = 1500;
 export const MAX_HOPS = 5;
 
@@ -77,13 +104,12 @@ export class CascadeEngine {
     this.#options = options;
     const pick = options.pickEndpoint ?? defaultEndpoint;
     const endpoints = relays.map((r, i) => pick(r, i));
-    let mtu = PATH_MTU;
+    const sizes = layerSizes(endpoints.map((e) => e.family));
     relays.forEach((relay, index) => {
-      mtu -= LAYER_OVERHEAD[endpoints[index]!.family];
-      this.hops.push(this.#makeHop(relay, index, endpoints[index]!, endpoints[index + 1] ?? null, mtu, index === relays.length - 1));
+      this.hops.push(this.#makeHop(relay, index, endpoints[index]!, endpoints[index + 1] ?? null, sizes.plaintext[index]!, index === relays.length - 1));
       this.lastReceived.push(-Infinity);
     });
-    this.tunMtu = mtu;
+    this.tunMtu = sizes.tunMtu;
   }
 
   #makeHop(relay: Relay, index: number, endpoint: UdpEndpoint, next: UdpEndpoint | null, mtu: number, last: boolean): Hop {

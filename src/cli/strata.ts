@@ -15,6 +15,7 @@ import { controlPath, DEFAULT_RUN_DIR, request, serveControl } from '../client/c
 import { RelayDaemon } from '../relay/daemon.ts';
 import { sys } from '../io/libc.ts';
 import { registerDir } from './dir.ts';
+import { relayRegistry, serveMetrics } from '../relay/metrics.ts';
 import { loadDirectoryConfig, type DirectoryConfig } from '../directory/config.ts';
 import { signDescriptor } from '../directory/descriptor.ts';
 import { SigningKey } from '../directory/ed25519.ts';
@@ -62,6 +63,8 @@ async function guarded(f: () => Promise<void> | void): Promise<void> {
 const program = new Command('strata')
   .description('Strata: a multi-hop WireGuard VPN')
   .showHelpAfterError()
+  // With relayCommand's own: lets `relay init` have options `relay` also has (see below).
+  .enablePositionalOptions()
   .exitOverride((err) => {
     // commander's own usage errors: keep its message, exit 2.
     process.exit(err.exitCode === 0 ? 0 : 2);
@@ -262,6 +265,37 @@ interface RelayRunOptions {
   keyStdin?: boolean;
   allow?: string;
   maxClients: string;
+  allowSwap?: boolean;
+  metrics?: string;
+  testTimeScale?: string;
+}
+
+/** The relay options both `relay` and `relay init` take. */
+function relayRunOptions(c: Command): Command {
+  return c
+    .option('--listen-port <port>', 'UDP port', '51820')
+    .option('--exit', 'also act as an exit (TUN, forwarding and masquerade in this host or namespace)')
+    .option('--max-clients <n>', 'most clients at once', '1024')
+    .option('--allow-swap', 'start even with swap on (keys could then reach the disk)')
+    .option('--metrics <port>', 'serve aggregate Prometheus metrics on 127.0.0.1:PORT')
+    .option('--test-time-scale <n>', 'tests only (STRATA_TEST_MODE=1): run the clock N times faster');
+}
+
+/**
+ * Test mode only: on SIGUSR2, stream a heap snapshot to stdout (framed), so a seizure drill can
+ * take one from a relay that may not write to disk.
+ */
+function heapSnapshotOnSignal(): void {
+  if (process.env.STRATA_TEST_MODE !== '1') return;
+  process.on('SIGUSR2', () => {
+    void (async () => {
+      const { getHeapSnapshot } = await import('node:v8');
+      const chunks: string[] = [];
+      for await (const c of getHeapSnapshot()) chunks.push(String(c));
+      const text = chunks.join('');
+      process.stdout.write(`HEAPSNAPSHOT ${Buffer.byteLength(text)}\n${text}\n`);
+    })();
+  });
 }
 
 /** Runs a relay with the keys given; returns once it is listening. */
@@ -289,8 +323,20 @@ async function runRelay(o: RelayRunOptions, key: PrivateKey): Promise<void> {
       .filter((l) => l !== '' && !l.startsWith('#'))
       .map((l) => PublicKey.parse(l));
   }
-  const daemon = await RelayDaemon.start({ privateKey: key, relays, listenPort: port, exit: o.exit === true, allow, maxClients: Number(o.maxClients) });
+  const scale = o.testTimeScale !== undefined ? Number(o.testTimeScale) : 1;
+  const daemon = await RelayDaemon.start({
+    privateKey: key,
+    relays,
+    listenPort: port,
+    exit: o.exit === true,
+    allow,
+    maxClients: Number(o.maxClients),
+    timeScale: scale,
+    harden: { allowSwap: o.allowSwap === true, requireNoWrites: process.env.STRATA_RELAY_UNCONFINED !== '1' },
+  });
   key.wipe();
+  if (o.metrics !== undefined) await serveMetrics(relayRegistry(daemon.node), Number(o.metrics));
+  heapSnapshotOnSignal();
   if (dir !== null) {
     const d = dir;
     setInterval(() => {
@@ -312,16 +358,17 @@ async function runRelay(o: RelayRunOptions, key: PrivateKey): Promise<void> {
 const relayCommand = program
   .command('relay')
   .description('run a relay (foreground); the key comes from STRATA_PRIVATE_KEY or stdin, never a file')
+  // `relay init` repeats --relays, --directory, --listen-port, --exit, --max-clients: without
+  // this (here and on the program), `relay` itself takes them from after `init` and `init`
+  // never sees them ("give either --relays FILE or --directory FILE").
+  .enablePositionalOptions()
   .option('--relays <file>', 'relay list: the relays this one may forward to')
   .option('--directory <file>', 'directory configuration: forward to the relays of the current consensus')
-  .option('--listen-port <port>', 'UDP port', '51820')
-  .option('--exit', 'also act as an exit (TUN, forwarding and masquerade in this host or namespace)')
   .option('--key-stdin', 'read the private key from standard input')
-  .option('--allow <file>', 'allow-list mode: only the client public keys in this file (one per line)')
-  .option('--max-clients <n>', 'most clients at once', '1024')
-  .action((o: RelayRunOptions) => guarded(async () => runRelay(o, await readKey(o.keyStdin === true))));
+  .option('--allow <file>', 'allow-list mode: only the client public keys in this file (one per line)');
+relayRunOptions(relayCommand).action((o: RelayRunOptions) => guarded(async () => runRelay(o, await readKey(o.keyStdin === true))));
 
-relayCommand
+const relayInit = relayCommand
   .command('init')
   .description('on a fresh host: make keys in memory, print the signed descriptor for the authorities, and run')
   .requiredOption('--name <name>', 'relay name')
@@ -332,11 +379,8 @@ relayCommand
   .option('--roles <roles>', 'comma-separated: entry,middle,exit', 'entry,middle')
   .option('--capacity <n>', 'relative capacity', '1')
   .option('--relays <file>', 'relay list: the relays this one may forward to')
-  .option('--directory <file>', 'directory configuration')
-  .option('--listen-port <port>', 'UDP port', '51820')
-  .option('--exit', 'also act as an exit')
-  .option('--max-clients <n>', 'most clients at once', '1024')
-  .action(
+  .option('--directory <file>', 'directory configuration');
+relayRunOptions(relayInit).action(
     (o: RelayRunOptions & { name: string; country: string; provider: string; family: string; endpoint: string[]; roles: string; capacity: string }) =>
       guarded(async () => {
         const identity = SigningKey.generate();

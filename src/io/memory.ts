@@ -132,6 +132,8 @@ export class MemoryBind implements UdpBind {
     this.mark = mark;
   }
 
+  forget(_endpoint: UdpEndpoint): void {}
+
   async close(): Promise<void> {
     if (this.#port) this.#net.unregister(this, this.#port);
     this.#port = 0;

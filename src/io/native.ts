@@ -116,6 +116,8 @@ class Side {
     this.flushScheduled = false;
     if (this.queued === 0) return;
     this.sock.send(this.queued);
+    // Destination addresses do not stay in the arena once sent.
+    this.txMeta.fill(0, 0, this.queued * META);
     this.queued = 0;
   }
 }
@@ -200,6 +202,8 @@ export class NativeUdpBind implements UdpBind {
           if (len < 0) continue; // larger than a slot: not a WireGuard datagram we could take
           on(side.rx.subarray(i * side.slot, i * side.slot + len), side.endpointOf(i));
         }
+        // Senders' addresses do not stay in the arena once handled.
+        if (n > 0) side.rxMeta.fill(0, 0, n * META);
       });
     }
   }
@@ -209,6 +213,13 @@ export class NativeUdpBind implements UdpBind {
     const addr = addrBytes(to);
     if (side === null || addr === null) return;
     side.enqueue(datagram, to, addr);
+  }
+
+  forget(endpoint: UdpEndpoint): void {
+    for (const side of [this.#v4, this.#v6]) {
+      if (side === null) continue;
+      for (const [k, e] of side.endpoints) if (e.address === endpoint.address && e.port === endpoint.port) side.endpoints.delete(k);
+    }
   }
 
   setMark(mark: number): void {
@@ -263,7 +274,10 @@ export class NativeTun implements Tun {
       }
       for (let i = 0; i < n; i++) {
         const len = this.#rxMeta[i * META]!;
-        onPacket(this.#rx.subarray(i * SLOT, i * SLOT + len));
+        const packet = this.#rx.subarray(i * SLOT, i * SLOT + len);
+        onPacket(packet);
+        // A TUN packet is plaintext: it does not stay in the arena once handled.
+        packet.fill(0);
       }
     });
   }

@@ -98,7 +98,13 @@ export class LinuxTun implements Tun {
           onClosed(err);
           return;
         }
-        if (n > 0) onPacket(Uint8Array.prototype.slice.call(this.#buf, 0, n));
+        if (n > 0) {
+          const packet = Uint8Array.prototype.slice.call(this.#buf, 0, n);
+          // Plaintext does not outlive its handling: the read buffer and the copy are wiped.
+          this.#buf.fill(0, 0, n);
+          onPacket(packet);
+          packet.fill(0);
+        }
         loop();
       });
     };

@@ -34,5 +34,7 @@ export interface UdpBind {
   send(datagram: Uint8Array, to: UdpEndpoint): void;
   /** Sets SO_MARK on the sockets (0 clears); throws if the platform cannot. */
   setMark(mark: number): void;
+  /** Forgets anything cached about a remote endpoint (a relay calls it when a client expires). */
+  forget(endpoint: UdpEndpoint): void;
   close(): Promise<void>;
 }

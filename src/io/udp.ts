@@ -95,8 +95,13 @@ export class NodeUdpBind implements UdpBind {
   send(datagram: Uint8Array, to: UdpEndpoint): void {
     const s = to.family === 'IPv6' ? this.#v6 : this.#v4;
     if (s === null) return;
-    s.send(datagram, to.port, to.address);
+    // dgram sends asynchronously from the caller's memory, which the caller may reuse or wipe
+    // once this returns (the contract of UdpBind.send): send a copy.
+    s.send(Buffer.from(datagram), to.port, to.address);
   }
+
+  /** node:dgram keeps no per-endpoint cache: nothing to forget. */
+  forget(_endpoint: UdpEndpoint): void {}
 
   /** SO_MARK through setsockopt on the sockets' descriptors (needs CAP_NET_ADMIN). */
   setMark(mark: number): void {

@@ -84,3 +84,13 @@ function parseIp(ip: Uint8Array, ethertype: number): CapturedPacket | null {
   }
   return { family, src: formatIP(src), dst: formatIP(dst), protocol, srcPort, dstPort, payload, ip };
 }
+
+/** How many frames (of any kind: IP, ARP, …) a pcap file holds. */
+export function countPcapFrames(path: string): number {
+  const b = readFileSync(path);
+  if (b.length < 24) return 0;
+  const le = b.readUInt32LE(0) === 0xa1b2c3d4 || b.readUInt32LE(0) === 0xa1b23c4d;
+  let n = 0;
+  for (let o = 24; o + 16 <= b.length; n++) o += 16 + (le ? b.readUInt32LE(o + 8) : b.readUInt32BE(o + 8));
+  return n;
+}

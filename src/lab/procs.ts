@@ -37,3 +37,28 @@ export async function startRelay(lab: Lab, ns: string, relayList: string, key: P
     });
   });
 }
+
+/**
+ * Starts `strata relay init ARGS` in a namespace (keys made in memory there) and waits until it
+ * is ready; returns the signed descriptor it printed on its first stdout line.
+ */
+export async function startRelayInit(lab: Lab, ns: string, args: readonly string[]): Promise<{ descriptor: string; pid: number }> {
+  const child = lab.spawn(ns, strataBin(), ['relay', 'init', ...args]);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`relay init in ${ns} did not start: ${err.trim()}`)), 15_000);
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\nrelay ready')) {
+        clearTimeout(timer);
+        resolve({ descriptor: out.slice(0, out.indexOf('\n')), pid: child.pid! });
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`relay init in ${ns} exited (${code}): ${err.trim()}`));
+    });
+  });
+}

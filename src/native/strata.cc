@@ -413,6 +413,10 @@ static void OnReadable(uv_poll_t* handle, int status, int events) {
         WriteAddr(meta, reinterpret_cast<const sockaddr_storage*>(&p->addrs[i]));
         ReadPktinfo(meta, &p->msgs[i].msg_hdr);
       }
+      // The senders' addresses are handed to JavaScript (which wipes them once handled); the
+      // copies here do not linger either.
+      memset(p->addrs.data(), 0, r * sizeof(sockaddr_in6));
+      memset(p->control.data(), 0, r * kControl);
       n = r;
     }
     if (n == 0) break;
@@ -646,6 +650,8 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
     }
     sent += r;
   }
+  memset(addrs.data(), 0, count * sizeof(sockaddr_in6));
+  memset(p->control.data(), 0, count * kControl);
   return Num(env, sent);
 }
 

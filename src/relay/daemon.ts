@@ -5,6 +5,8 @@
  * written to disk; logs carry no address, port or key.
  */
 import { execFileSync } from 'node:child_process';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { PrivateKey, PublicKey } from '../crypto/keys.ts';
 import { StrataError } from '../crypto/errors.ts';
 import { createBind, createForwardBind, createTun } from '../io/index.ts';
@@ -12,6 +14,8 @@ import type { Tun } from '../io/types.ts';
 import { EXIT_GATEWAY_V4, EXIT_GATEWAY_V6, HOP_PREFIX_V4, HOP_PREFIX_V6 } from '../cascade/addresses.ts';
 import type { Relay } from '../cascade/relaylist.ts';
 import { RelayNode } from './relay.ts';
+import { harden } from './hardening.ts';
+import { relayLogger, type RelayLogger } from './log.ts';
 
 export interface RelayDaemonOptions {
   privateKey: PrivateKey;
@@ -21,7 +25,37 @@ export interface RelayDaemonOptions {
   exitInterface?: string;
   allow?: readonly PublicKey[] | null;
   maxClients?: number;
-  log?: (event: string) => void;
+  /**
+   * Test-only: the relay's clock runs this many times faster, so key expiry (540 s) can be
+   * watched in seconds. Refused unless STRATA_TEST_MODE=1.
+   */
+  timeScale?: number;
+  /** Harden the process first (core dumps off, swap refused, permission model required). */
+  harden?: { allowSwap: boolean; requireNoWrites: boolean } | null;
+  log?: RelayLogger;
+}
+
+/**
+ * A full garbage collection whose freed memory V8 overwrites with zeros (--clear-free-memory):
+ * after a client is forgotten, nothing of it stays in the heap's free space.
+ */
+function zeroingCollector(): () => void {
+  v8.setFlagsFromString('--clear-free-memory');
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc') as (options?: { type: 'major' | 'minor' }) => void;
+  let pending: NodeJS.Timeout | null = null;
+  return () => {
+    if (pending !== null) return;
+    pending = setTimeout(() => {
+      pending = null;
+      // Scavenges flip the young generation (its old half then holds only garbage that the
+      // next flip overwrites); full collections sweep the old generation, zeroing what they free.
+      gc({ type: 'major' });
+      for (let i = 0; i < 3; i++) gc({ type: 'minor' });
+      gc({ type: 'major' });
+    }, 50);
+    pending.unref();
+  };
 }
 
 const NFT_TABLE = 'strata_exit';
@@ -73,6 +107,14 @@ export class RelayDaemon {
   }
 
   static async start(o: RelayDaemonOptions): Promise<RelayDaemon> {
+    if (o.harden) harden(o.harden);
+    const log = o.log ?? relayLogger();
+    const collect = zeroingCollector();
+    const scale = o.timeScale ?? 1;
+    if (scale !== 1) {
+      if (process.env.STRATA_TEST_MODE !== '1') throw new StrataError('ERR_TEST_ONLY', 'a time scale is for tests only (STRATA_TEST_MODE=1)');
+      if (!(scale >= 1 && scale <= 10_000)) throw new StrataError('ERR_OPTION', 'the time scale must be 1 to 10000');
+    }
     let tun: Tun | null = null;
     let undo: (() => void) | null = null;
     if (o.exit) {
@@ -92,6 +134,11 @@ export class RelayDaemon {
       makeForwardBind: createForwardBind,
       allow: o.allow ?? null,
       maxClients: o.maxClients ?? 1024,
+      timeScale: scale,
+      onExpire: () => {
+        log('client-expired', { clients: node.stats.clients });
+        collect();
+      },
     });
     let port: number;
     try {
@@ -102,6 +149,7 @@ export class RelayDaemon {
       const code = (e as NodeJS.ErrnoException).code;
       throw new StrataError(code === 'EADDRINUSE' ? 'ERR_PORT_IN_USE' : 'ERR_BIND', `cannot listen on UDP port ${o.listenPort}: ${code ?? (e as Error).message}`);
     }
+    log('relay-started', { relays: o.relays.length });
     return new RelayDaemon(node, port, undo);
   }
 

@@ -31,7 +31,10 @@ export interface RelayOptions {
   maxClients?: number;
   /** New clients admitted per second (token bucket, burst of twice this). */
   admissionsPerSecond?: number;
-  now?: () => number;
+  /** Test-only: the relay's clock runs this many times faster than real time. */
+  timeScale?: number;
+  /** Called after a client was forgotten (the daemon then collects garbage). */
+  onExpire?: () => void;
 }
 
 export interface RelayStats {
@@ -89,6 +92,7 @@ export class RelayNode {
   #tokensAt = 0;
   readonly #now: () => number;
   readonly #timer: WakeTimer;
+  readonly #onExpire: (() => void) | undefined;
   #running = false;
 
   constructor(o: RelayOptions) {
@@ -99,7 +103,9 @@ export class RelayNode {
     this.#maxClients = o.maxClients ?? 1024;
     this.#rate = o.admissionsPerSecond ?? 50;
     this.#tokens = this.#rate * 2;
-    this.#now = o.now ?? (() => performance.now());
+    this.#onExpire = o.onExpire;
+    const scale = o.timeScale ?? 1;
+    this.#now = scale === 1 ? () => performance.now() : () => performance.now() * scale;
     this.#self = o.privateKey.publicKey();
     this.setRelays(o.relays);
     this.core = new WireGuard<UdpEndpoint>({
@@ -109,7 +115,7 @@ export class RelayNode {
       admit: (key, now) => this.#admit(key, now),
       onKeysZeroed: (peer) => this.#expire(peer),
     });
-    this.#timer = new WakeTimer(this.core, (now) => this.#send(this.core.tick(now)), this.#now);
+    this.#timer = new WakeTimer(this.core, (now) => this.#send(this.core.tick(now)), this.#now, scale);
   }
 
   /** Replaces the relays this one may forward to (after a directory refresh). */
@@ -151,8 +157,11 @@ export class RelayNode {
   /** Keys wiped 540 s after the last session: the client is forgotten, socket and all. */
   #expire(peer: Peer<UdpEndpoint>): void {
     this.#closeForwarder(peer);
+    if (peer.endpoint !== null) this.#bind.forget(peer.endpoint);
+    peer.endpoint = null;
     this.core.removePeer(peer);
     this.stats.clients = Math.max(0, this.stats.clients - 1);
+    this.#onExpire?.();
   }
 
   async start(listenPort: number): Promise<number> {
@@ -174,7 +183,11 @@ export class RelayNode {
   #onDatagram(d: Uint8Array, from: UdpEndpoint): void {
     const r = this.core.receive(d, from, this.#now());
     this.#send(r.out);
-    if (r.kind === 'deliver') this.#inner(r.peer, r.packet);
+    if (r.kind === 'deliver') {
+      this.#inner(r.peer, r.packet);
+      // The decrypted packet has been forwarded or written: no plaintext stays behind.
+      r.packet.fill(0);
+    }
     this.#schedule();
   }
 
