@@ -241,6 +241,8 @@ export class ClientDaemon {
       restoredAfterMs: null,
     };
     this.failovers.push(event);
+    // While no replacement can be found a repair is retried every probe: keep the latest few.
+    if (this.failovers.length > 32) this.failovers.splice(0, this.failovers.length - 32);
     for (;;) {
       if (!this.#running) return;
       let relay: Relay;
