@@ -16,6 +16,7 @@ import { RelayDaemon } from '../relay/daemon.ts';
 import { sys } from '../io/libc.ts';
 import { registerDir } from './dir.ts';
 import { relayRegistry, serveMetrics } from '../relay/metrics.ts';
+import { requireMemoryFile } from '../relay/hardening.ts';
 import { loadDirectoryConfig, type DirectoryConfig } from '../directory/config.ts';
 import { signDescriptor } from '../directory/descriptor.ts';
 import { SigningKey } from '../directory/ed25519.ts';
@@ -301,6 +302,10 @@ function heapSnapshotOnSignal(): void {
 /** Runs a relay with the keys given; returns once it is listening. */
 async function runRelay(o: RelayRunOptions, key: PrivateKey): Promise<void> {
   if ((o.relays === undefined) === (o.directory === undefined)) throw new StrataError('ERR_OPTION', 'give either --relays FILE or --directory FILE');
+  // Configuration from memory only: files on tmpfs or ramfs (keys come from stdin or the environment).
+  if (o.relays !== undefined) requireMemoryFile(o.relays, 'the relay list');
+  if (o.directory !== undefined) requireMemoryFile(o.directory, 'the directory configuration');
+  if (o.allow !== undefined) requireMemoryFile(o.allow, 'the allow-list');
   const port = Number(o.listenPort);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StrataError('ERR_OPTION', '--listen-port must be 0 to 65535');
   let dir: DirectoryConfig | null = null;
@@ -425,6 +430,24 @@ program
       fail(e);
     }
   });
+
+program
+  .command('drill')
+  .description('the seizure drill: run a 3-hop cascade with canaries, seize every relay before and after key expiry, report what it held')
+  .option('--time-scale <n>', 'relay clock speed-up for the 540 s expiry (test mode)', '100')
+  .action((o: { timeScale: string }) =>
+    guarded(async () => {
+      const { runDrill, formatSeizures } = await import('../lab/drill.ts');
+      process.env.STRATA_TEST_MODE = '1';
+      const report = await runDrill({ timeScale: Number(o.timeScale), say: (l) => process.stdout.write(l + '\n') });
+      process.stdout.write(formatSeizures('seized while the client was connected:', report.before) + '\n');
+      process.stdout.write(formatSeizures(`seized after the keys expired (${report.expirySeconds.toFixed(1)} s):`, report.after) + '\n');
+      const leaked = report.after.some((s) => s.findings.length > 0 || s.diskBytesWritten !== 0 || s.filesWritten.length > 0);
+      const wrote = report.before.some((s) => s.diskBytesWritten !== 0 || s.filesWritten.length > 0);
+      process.stdout.write(leaked || wrote ? 'DRILL FAILED: a seizure after expiry found something\n' : 'drill passed: nothing left to seize after expiry, nothing written to disk\n');
+      process.exitCode = leaked || wrote ? 1 : 0;
+    }),
+  );
 
 registerDir(program, guarded);
 

@@ -69,6 +69,8 @@ export interface FailoverEvent {
 export interface HopStatus {
   hop: number;
   name: string;
+  /** This connection's public key for the hop (the only key that relay ever sees). */
+  publicKey: string;
   country: string;
   endpoint: string;
   up: boolean;
@@ -323,6 +325,7 @@ export class ClientDaemon {
       hops: this.engine.hops.map((h) => ({
         hop: h.index + 1,
         name: h.relay.name,
+        publicKey: h.core.publicKey!.toBase64(),
         country: h.relay.country,
         endpoint: formatEndpoint(h.endpoint),
         up: h.peer.current !== null,

@@ -72,7 +72,14 @@ export class PublicKey extends Key {
   }
   /** The node:crypto KeyObject for X25519, created once. */
   keyObject(): KeyObject {
-    this.#object ??= createPublicKey({ key: Buffer.concat([SPKI_X25519, this.bytes]), format: 'der', type: 'spki' });
+    if (this.#object === null) {
+      // An unpooled buffer, wiped once OpenSSL has the key: no copy stays behind in a pool slab.
+      const der = Buffer.alloc(SPKI_X25519.length + KEY_LEN);
+      SPKI_X25519.copy(der);
+      der.set(this.bytes, SPKI_X25519.length);
+      this.#object = createPublicKey({ key: der, format: 'der', type: 'spki' });
+      der.fill(0);
+    }
     return this.#object;
   }
 }
@@ -103,7 +110,9 @@ export class PrivateKey extends Key {
   }
   keyObject(): KeyObject {
     if (this.#object === null) {
-      const der = Buffer.concat([PKCS8_X25519, this.bytes]);
+      const der = Buffer.alloc(PKCS8_X25519.length + KEY_LEN);
+      PKCS8_X25519.copy(der);
+      der.set(this.bytes, PKCS8_X25519.length);
       this.#object = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' });
       der.fill(0);
     }

@@ -12,13 +12,13 @@ export class WakeTimer {
   readonly #core: Wakeable;
   readonly #fire: (now: number) => void;
   readonly #now: () => number;
-  readonly #rate: number;
+  readonly #rate: () => number;
   #timer: NodeJS.Timeout | null = null;
   #at = Infinity;
   #running = true;
 
   /** `rate`: how many clock ms pass per real ms (1, or more under a test's time scale). */
-  constructor(core: Wakeable, fire: (now: number) => void, now: () => number = () => performance.now(), rate = 1) {
+  constructor(core: Wakeable, fire: (now: number) => void, now: () => number = () => performance.now(), rate: () => number = () => 1) {
     this.#core = core;
     this.#fire = fire;
     this.#now = now;
@@ -38,7 +38,7 @@ export class WakeTimer {
       this.#fire(this.#now());
       this.#core.resetWakeHint();
       this.schedule();
-    }, Math.max(0, (at - this.#now()) / this.#rate));
+    }, Math.max(0, (at - this.#now()) / this.#rate()));
   }
 
   /** Forgets the armed time and re-arms from an exact hint (after configuration changes). */

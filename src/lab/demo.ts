@@ -5,15 +5,14 @@
  * through it; prints what each relay's network saw (from nftables sets in each relay's
  * namespace, not from the relay, which records nothing); and tears it all down.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { PrivateKey } from '../crypto/keys.ts';
 import { StrataError } from '../crypto/errors.ts';
 import { relayListJson, type Relay } from '../cascade/relaylist.ts';
-import { Lab, labUnavailable } from './lab.ts';
+import { Lab, labUnavailable, memoryTempDir } from './lab.ts';
 import { startRelay, strataBin } from './procs.ts';
 
 const run = promisify(execFile);
@@ -64,7 +63,7 @@ export async function runDemo(hops = 3): Promise<number> {
   const why = await labUnavailable();
   if (why !== null) throw new StrataError('ERR_DEMO_UNAVAILABLE', `the demo ${why}`);
   const relayNames = Array.from({ length: hops }, (_, i) => `r${i + 1}`);
-  const dir = mkdtempSync(path.join(tmpdir(), 'strata-demo-'));
+  const dir = memoryTempDir('strata-demo-');
   say(`Strata demo: a client, ${hops} relays and a web server, each in its own network namespace.`);
   const lab = await Lab.create(['client', ...relayNames, 'web']);
   try {

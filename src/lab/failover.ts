@@ -27,7 +27,7 @@ import { PrivateKey } from '../crypto/keys.ts';
 import { relayListJson, type Relay } from '../cascade/relaylist.ts';
 import { controlPath, request } from '../client/control.ts';
 import type { ClientStatus, FailoverEvent } from '../client/daemon.ts';
-import { Lab, type LabHost } from './lab.ts';
+import { Lab, memoryTempDir, type LabHost } from './lab.ts';
 import { countPcapFrames, readPcap, type CapturedPacket } from './pcap.ts';
 import { startRelay, strataBin } from './procs.ts';
 
@@ -513,7 +513,7 @@ export interface FailoverBed {
 
 /** Lab with client, r1..r6 (running `strata relay --exit` from one relay list) and web. */
 export async function createBed(): Promise<FailoverBed> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-failover-'));
+  const dir = memoryTempDir('strata-failover-');
   fs.chmodSync(dir, 0o700);
   let lab: Lab;
   try {

@@ -7,6 +7,9 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 
 const run = promisify(execFile);
 
@@ -160,6 +163,15 @@ export class Lab {
       }
     }
   }
+}
+
+/**
+ * A temporary directory in memory (tmpfs: /dev/shm), for relay lists and directory
+ * configurations: a relay reads configuration only from memory.
+ */
+export function memoryTempDir(prefix: string): string {
+  const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
+  return mkdtempSync(path.join(base, prefix));
 }
 
 /** Why namespace tests cannot run here, or null if they can. */

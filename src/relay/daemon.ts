@@ -26,8 +26,8 @@ export interface RelayDaemonOptions {
   allow?: readonly PublicKey[] | null;
   maxClients?: number;
   /**
-   * Test-only: the relay's clock runs this many times faster, so key expiry (540 s) can be
-   * watched in seconds. Refused unless STRATA_TEST_MODE=1.
+   * Test-only: after SIGHUP the relay's clock runs this many times faster, so key expiry
+   * (540 s) can be watched in seconds. Refused unless STRATA_TEST_MODE=1.
    */
   timeScale?: number;
   /** Harden the process first (core dumps off, swap refused, permission model required). */
@@ -42,17 +42,23 @@ export interface RelayDaemonOptions {
 function zeroingCollector(): () => void {
   v8.setFlagsFromString('--clear-free-memory');
   v8.setFlagsFromString('--expose-gc');
-  const gc = vm.runInNewContext('gc') as (options?: { type: 'major' | 'minor' }) => void;
+  type Gc = (options?: { type?: 'major' | 'minor'; execution?: 'sync'; flavor?: 'regular' | 'last-resort' }) => void;
+  const gc = vm.runInNewContext('gc') as Gc;
   let pending: NodeJS.Timeout | null = null;
   return () => {
     if (pending !== null) return;
     pending = setTimeout(() => {
       pending = null;
-      // Scavenges flip the young generation (its old half then holds only garbage that the
-      // next flip overwrites); full collections sweep the old generation, zeroing what they free.
-      gc({ type: 'major' });
-      for (let i = 0; i < 3; i++) gc({ type: 'minor' });
-      gc({ type: 'major' });
+      // Full collections sweep the old generation and zero what they free. The young
+      // generation is copied, not swept: the half it was copied from still holds the dead
+      // objects, so it is overwritten by filling the young generation with zeros, twice over.
+      gc({ type: 'major', execution: 'sync', flavor: 'last-resort' });
+      for (let round = 0; round < 48; round++) {
+        const filler: number[][] = [];
+        for (let i = 0; i < 128; i++) filler.push(new Array<number>(1024).fill(0));
+        filler.length = 0;
+      }
+      gc({ type: 'major', execution: 'sync', flavor: 'last-resort' });
     }, 50);
     pending.unref();
   };
@@ -149,6 +155,8 @@ export class RelayDaemon {
       const code = (e as NodeJS.ErrnoException).code;
       throw new StrataError(code === 'EADDRINUSE' ? 'ERR_PORT_IN_USE' : 'ERR_BIND', `cannot listen on UDP port ${o.listenPort}: ${code ?? (e as Error).message}`);
     }
+    // SIGHUP (SIGUSR1 belongs to Node's inspector, and the permission model swallows it).
+    if (scale !== 1) process.on('SIGHUP', () => node.accelerate());
     log('relay-started', { relays: o.relays.length });
     return new RelayDaemon(node, port, undo);
   }

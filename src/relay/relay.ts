@@ -31,7 +31,10 @@ export interface RelayOptions {
   maxClients?: number;
   /** New clients admitted per second (token bucket, burst of twice this). */
   admissionsPerSecond?: number;
-  /** Test-only: the relay's clock runs this many times faster than real time. */
+  /**
+   * Test-only: once `accelerate()` is called, the relay's clock runs this many times faster
+   * than real time (so a drill can watch 540 s of key expiry in seconds).
+   */
   timeScale?: number;
   /** Called after a client was forgotten (the daemon then collects garbage). */
   onExpire?: () => void;
@@ -91,6 +94,10 @@ export class RelayNode {
   #tokens: number;
   #tokensAt = 0;
   readonly #now: () => number;
+  readonly #scaleTo: number;
+  #clockRate = 1;
+  #clockBase = 0;
+  #clockT0 = 0;
   readonly #timer: WakeTimer;
   readonly #onExpire: (() => void) | undefined;
   #running = false;
@@ -104,8 +111,9 @@ export class RelayNode {
     this.#rate = o.admissionsPerSecond ?? 50;
     this.#tokens = this.#rate * 2;
     this.#onExpire = o.onExpire;
-    const scale = o.timeScale ?? 1;
-    this.#now = scale === 1 ? () => performance.now() : () => performance.now() * scale;
+    this.#scaleTo = o.timeScale ?? 1;
+    // A monotonic clock whose rate can rise once (tests): base + (real - t0) * rate.
+    this.#now = () => this.#clockBase + (performance.now() - this.#clockT0) * this.#clockRate;
     this.#self = o.privateKey.publicKey();
     this.setRelays(o.relays);
     this.core = new WireGuard<UdpEndpoint>({
@@ -115,7 +123,15 @@ export class RelayNode {
       admit: (key, now) => this.#admit(key, now),
       onKeysZeroed: (peer) => this.#expire(peer),
     });
-    this.#timer = new WakeTimer(this.core, (now) => this.#send(this.core.tick(now)), this.#now, scale);
+    this.#timer = new WakeTimer(this.core, (now) => this.#send(this.core.tick(now)), this.#now, () => this.#clockRate);
+  }
+
+  /** Test-only: from now on the clock runs at the configured time scale. */
+  accelerate(): void {
+    this.#clockBase = this.#now();
+    this.#clockT0 = performance.now();
+    this.#clockRate = this.#scaleTo;
+    this.#timer.reset();
   }
 
   /** Replaces the relays this one may forward to (after a directory refresh). */

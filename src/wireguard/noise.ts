@@ -155,7 +155,9 @@ export function readMessage1Static(
   es.fill(0);
   const s = st.decryptAndHash(k, encryptedStatic);
   if (s === null) return null;
-  return { remoteEphemeral, remoteStatic: new PublicKey(s) };
+  const remoteStatic = new PublicKey(s);
+  s.fill(0);
+  return { remoteEphemeral, remoteStatic };
 }
 
 /** The second half: ss, then the payload. */
