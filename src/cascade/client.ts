@@ -217,7 +217,9 @@ export class CascadeEngine {
 
   /** A packet from the TUN: sealed for the exit and wrapped down to hop 0. */
   send(packet: Uint8Array, now: number): Outgoing<UdpEndpoint>[] {
-    this.lastSent = now;
+    // Multicast (IPv6 neighbour discovery, MLD reports the kernel sends on any link) never
+    // gets an answer through a cascade: it does not count as the user waiting for a reply.
+    if (!isMulticast(packet)) this.lastSent = now;
     const exit = this.exit;
     const r = exit.core.send(packet, now);
     if (r.kind === 'drop') return [];
@@ -284,6 +286,13 @@ export class CascadeEngine {
       h.core.setPrivateKey(null);
     }
   }
+}
+
+function isMulticast(p: Uint8Array): boolean {
+  const v = p.length > 0 ? p[0]! >> 4 : 0;
+  if (v === 4) return p.length >= 20 && (p[16]! & 0xf0) === 0xe0;
+  if (v === 6) return p.length >= 40 && p[24] === 0xff;
+  return false;
 }
 
 function hostPrefix(e: UdpEndpoint): string {
