@@ -38,6 +38,9 @@ export interface Seizure {
   diskBytesWritten: number;
   /** Regular files the relay holds open for writing. */
   filesWritten: string[];
+  /** Everything the relay printed (stdout less heap snapshots, and stderr) and its metrics page. */
+  output: string;
+  metrics: string;
 }
 
 export interface DrillReport {
@@ -53,6 +56,8 @@ interface RelayProc {
   pid: number;
   logs: string;
   stdout: Buffer[];
+  /** stdout before the first heap snapshot was asked for. */
+  printed: string;
   metricsPort: number;
 }
 
@@ -123,7 +128,21 @@ function diskWrites(pid: number): number {
   return Number(/write_bytes:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))?.[1] ?? NaN);
 }
 
+/** A relay's stdout without the heap snapshots it streamed (framed "HEAPSNAPSHOT <bytes>\n"). */
+function withoutSnapshots(out: Buffer): string {
+  let text = '';
+  let at = 0;
+  for (;;) {
+    const head = out.indexOf('HEAPSNAPSHOT ', at);
+    if (head < 0) return text + out.subarray(at).toString();
+    const nl = out.indexOf('\n', head);
+    text += out.subarray(at, head).toString();
+    at = nl + 1 + Number(out.subarray(head + 13, nl).toString()) + 1;
+  }
+}
+
 async function heapSnapshot(r: RelayProc): Promise<Buffer> {
+  r.printed += withoutSnapshots(Buffer.concat(r.stdout));
   r.stdout.length = 0;
   process.kill(r.pid, 'SIGUSR2');
   const deadline = Date.now() + 30_000;
@@ -169,7 +188,8 @@ async function seize(lab: Lab, r: RelayProc, canaries: Map<Canary, Buffer[]>): P
     `fetch('http://127.0.0.1:${r.metricsPort}/metrics').then((x) => x.text()).then((t) => process.stdout.write(t))`,
   ]);
   for (const [c, needles] of canaries) add(c, 'metrics', count(metrics, needles));
-  return { relay: r.role, findings, memoryBytes, diskBytesWritten, filesWritten };
+  const printed = withoutSnapshots(Buffer.concat(r.stdout));
+  return { relay: r.role, findings, memoryBytes, diskBytesWritten, filesWritten, output: r.printed + printed + r.logs, metrics };
 }
 
 async function clientsOf(lab: Lab, r: RelayProc): Promise<number> {
@@ -218,7 +238,7 @@ export async function runDrill(o: DrillOptions = {}): Promise<DrillReport> {
         STRATA_PRIVATE_KEY: keys[i]!.toBase64(),
         STRATA_TEST_MODE: '1',
       });
-      const r: RelayProc = { role, ns: lab.host(name).ns, child, pid: child.pid!, logs: '', stdout: [], metricsPort: METRICS_PORT };
+      const r: RelayProc = { role, ns: lab.host(name).ns, child, pid: child.pid!, logs: '', stdout: [], printed: '', metricsPort: METRICS_PORT };
       child.stderr!.on('data', (d: Buffer) => (r.logs += d.toString()));
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => reject(new StrataError('ERR_DRILL', `the ${role} relay did not start: ${r.logs.trim()}`)), 15_000);
