@@ -15,7 +15,7 @@ import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { PrivateKey } from '../src/crypto/keys.ts';
 import { relayListJson, type Relay, type RelayKind, type Role } from '../src/cascade/relaylist.ts';
-import { Lab, labUnavailable } from '../src/lab/lab.ts';
+import { Lab, labUnavailable, memoryTempDir } from '../src/lab/lab.ts';
 import { startRelay, strataBin } from '../src/lab/procs.ts';
 import type { CapturedPacket } from '../src/lab/pcap.ts';
 
@@ -119,7 +119,7 @@ export async function makeCascade(
   start: readonly string[],
   exits: readonly string[],
 ): Promise<Cascade> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-cascade-'));
+  const dir = memoryTempDir('strata-cascade-');
   fs.chmodSync(dir, 0o700);
   let lab: Lab;
   try {

@@ -39,7 +39,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Lab, labUnavailable } from '../src/lab/lab.ts';
+import { Lab, labUnavailable, memoryTempDir } from '../src/lab/lab.ts';
 import { startRelayInit, strataBin } from '../src/lab/procs.ts';
 import {
   DEFAULT_FAILOVER,
@@ -189,7 +189,7 @@ const NEWCOMER: RelaySpec = { name: 'r7', country: 'DE', provider: 'hoster-g', f
 
 test('e. a new relay joins through a signed directory (serial 2) and replaces a seized middle', { timeout: 150_000 }, async (t) => {
   if (await skipUnlessLab(t)) return;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-failover-dir-'));
+  const dir = memoryTempDir('strata-failover-dir-');
   fs.chmodSync(dir, 0o700);
   let lab: Lab | null = null;
   try {
