@@ -10,7 +10,9 @@ import { StrataError } from '../crypto/errors.ts';
 import { PrivateKey, PublicKey } from '../crypto/keys.ts';
 import { loadRelayList, pickPath } from '../cascade/relaylist.ts';
 import { choosePath } from '../cascade/path.ts';
-import { ClientDaemon, type ClientStatus } from '../client/daemon.ts';
+import { ClientDaemon, cleanUpLeftovers, type ClientStatus } from '../client/daemon.ts';
+import { parseLanRanges } from '../client/killswitch.ts';
+import { parseIP } from '../wireguard/ip.ts';
 import { controlPath, DEFAULT_RUN_DIR, request, serveControl } from '../client/control.ts';
 import { RelayDaemon } from '../relay/daemon.ts';
 import { sys } from '../io/libc.ts';
@@ -29,7 +31,10 @@ function fail(e: unknown): never {
 }
 
 function formatStatus(s: ClientStatus): string {
-  const lines = [`interface ${s.interface}  mtu ${s.mtu}  addresses ${s.addresses.join(', ')}`];
+  const lines = [
+    `interface ${s.interface}  mtu ${s.mtu}  addresses ${s.addresses.join(', ')}`,
+    `kill switch ${s.killSwitch ? 'on' : 'OFF'}  dns ${s.dns === null ? 'unchanged' : `${s.dns.resolver} (${s.dns.mode})`}`,
+  ];
   for (const h of s.hops) {
     const age = h.handshakeAgeSeconds === null ? 'no handshake' : `handshake ${h.handshakeAgeSeconds} s ago`;
     lines.push(
@@ -78,7 +83,9 @@ program
   .option('--directory <file>', 'directory configuration: pinned authorities, threshold, mirrors')
   .option('--path <names>', 'comma-separated relay names, entry first')
   .option('--exit-country <cc>', 'the exit must be in this country')
-  .option('--no-kill-switch', 'do not install the fail-closed rule (for comparison runs only)')
+  .option('--no-kill-switch', 'do not install the kill switch (for comparison runs only)')
+  .option('--dns <ip>', 'resolver reached through the tunnel; other DNS is refused')
+  .option('--allow-lan <ranges>', 'comma-separated LAN prefixes reachable outside the tunnel')
   .option('--failover-silence <ms>', 'silence at the exit, while sending, before hops are probed', '1000')
   .option('--hops <n>', 'number of hops when no --path is given', '3')
   .option('--ifname <name>', 'tunnel interface name', 'strata0')
@@ -94,6 +101,8 @@ program
     hops: string;
     exitCountry?: string;
     killSwitch: boolean;
+    dns?: string;
+    allowLan?: string;
     failoverSilence: string;
     ifname: string;
     hopTimeout: string;
@@ -112,6 +121,8 @@ program
       } else relays = loadRelayList(o.relays!);
       const constraints = o.exitCountry !== undefined ? { exitCountry: o.exitCountry.toUpperCase() } : {};
       const path = o.path !== undefined ? pickPath(relays, o.path.split(',').map((s) => s.trim())) : choosePath(relays, Number(o.hops), constraints);
+      const allowLan = o.allowLan !== undefined ? parseLanRanges(o.allowLan.split(',').filter((r) => r.trim() !== '')) : [];
+      if (o.dns !== undefined && parseIP(o.dns) === null) throw new StrataError('ERR_DNS', `--dns ${o.dns}: not an IP address`);
       const silenceMs = Number(o.failoverSilence);
       if (!(silenceMs >= 100 && silenceMs <= 60_000)) throw new StrataError('ERR_OPTION', '--failover-silence must be 100 to 60000 ms');
       const hopTimeout = Number(o.hopTimeout);
@@ -146,6 +157,8 @@ program
         routes: o.route ?? null,
         hopKeys,
         killSwitch: o.killSwitch,
+        dns: o.dns ?? null,
+        allowLan,
         failover: { silenceMs },
         constraints,
       });
@@ -249,7 +262,16 @@ program
   .action(async (o: { runDir: string }) => {
     try {
       const sock = controlPath(o.runDir);
-      await request(sock, 'disconnect');
+      try {
+        await request(sock, 'disconnect');
+      } catch (e) {
+        // No daemon: if one died and left its kill switch, routes or resolver behind, clean up.
+        if (e instanceof StrataError && e.code === 'ERR_NOT_CONNECTED' && cleanUpLeftovers()) {
+          process.stdout.write('no connection was up; removed the kill switch, routes and resolver settings a stopped daemon had left\n');
+          return;
+        }
+        throw e;
+      }
       // Wait for the daemon to be gone (its socket removed).
       for (let i = 0; i < 100 && fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
       process.stdout.write('disconnected\n');

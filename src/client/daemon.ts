@@ -11,7 +11,8 @@ import type { PrivateKey } from '../crypto/keys.ts';
 import { CascadeEngine } from '../cascade/client.ts';
 import type { Relay } from '../cascade/relaylist.ts';
 import { replaceHop, type PathConstraints } from '../cascade/path.ts';
-import { disableKillSwitch, enableKillSwitch } from './killswitch.ts';
+import { disableKillSwitch, enableKillSwitch, killSwitchPresent } from './killswitch.ts';
+import { configureDns, restoreDnsLeftovers, type DnsSetup } from './dns.ts';
 import { WakeTimer } from '../device/waketimer.ts';
 import { formatEndpoint } from '../device/endpoint.ts';
 import { createBind, createTun } from '../io/index.ts';
@@ -39,8 +40,12 @@ export interface ClientOptions {
   hopKeys?: ReadonlyMap<number, PrivateKey>;
   /** The relays replacements are drawn from (the relay list or the current consensus). */
   relays?: readonly Relay[];
-  /** Install the fail-closed nftables rule (default true). */
+  /** Install the kill switch (default true). */
   killSwitch?: boolean;
+  /** A resolver reached through the tunnel: the system is pointed at it, other DNS refused. */
+  dns?: string | null;
+  /** LAN prefixes the kill switch lets through outside the tunnel. */
+  allowLan?: readonly string[];
   failover?: Partial<FailoverTiming>;
   /** Path rules for replacements. */
   constraints?: PathConstraints;
@@ -85,6 +90,7 @@ export interface ClientStatus {
   addresses: string[];
   hops: HopStatus[];
   killSwitch: boolean;
+  dns: { resolver: string; mode: string } | null;
   failovers: FailoverEvent[];
   directorySerial: number | null;
 }
@@ -106,6 +112,29 @@ function tryIp(args: string[]): void {
   }
 }
 
+/**
+ * After a daemon that crashed (or was killed): removes what it left — the kill switch, the
+ * policy-routing rules and the resolver files. Returns whether anything was there.
+ */
+export function cleanUpLeftovers(): boolean {
+  let found = killSwitchPresent();
+  disableKillSwitch();
+  for (const f of ['-4', '-6']) {
+    let rules = '';
+    try {
+      rules = execFileSync('ip', [f, 'rule', 'show'], { encoding: 'utf8' });
+    } catch {
+      continue;
+    }
+    if (rules.includes(`lookup ${ROUTE_TABLE}`) || rules.includes(`${RULE_PRIORITY}:`)) found = true;
+    tryIp([f, 'rule', 'del', 'not', 'fwmark', String(ROUTE_TABLE), 'table', String(ROUTE_TABLE), 'priority', String(RULE_PRIORITY + 1)]);
+    tryIp([f, 'rule', 'del', 'table', 'main', 'suppress_prefixlength', '0', 'priority', String(RULE_PRIORITY)]);
+    tryIp([f, 'route', 'flush', 'table', String(ROUTE_TABLE)]);
+  }
+  if (restoreDnsLeftovers()) found = true;
+  return found;
+}
+
 export class ClientDaemon {
   readonly engine: CascadeEngine;
   readonly tun: Tun;
@@ -118,6 +147,7 @@ export class ClientDaemon {
   readonly #timing: FailoverTiming;
   readonly #constraints: PathConstraints;
   #killSwitch = false;
+  #dns: DnsSetup | null = null;
   #monitor: NodeJS.Timeout | null = null;
   #repairing = false;
   #lastProbe = -Infinity;
@@ -150,7 +180,7 @@ export class ClientDaemon {
     const d = new ClientDaemon(engine, tun, bind, o);
     try {
       if (o.killSwitch !== false) {
-        enableKillSwitch(tun.name, ROUTE_TABLE);
+        enableKillSwitch({ tunName: tun.name, mark: ROUTE_TABLE, dns: o.dns ?? null, allowLan: o.allowLan ?? [] });
         d.#killSwitch = true;
       }
       await bind.open(0);
@@ -163,6 +193,7 @@ export class ClientDaemon {
       d.#running = true;
       await d.#bringUp(o.hopTimeout ?? 5);
       d.#route();
+      if (o.dns) d.#dns = configureDns(tun.name, o.dns);
       d.#monitor = setInterval(() => d.#watch(), 100);
     } catch (e) {
       d.close();
@@ -334,6 +365,7 @@ export class ClientDaemon {
         txBytes: h.peer.txBytes,
       })),
       killSwitch: this.#killSwitch,
+      dns: this.#dns === null ? null : { resolver: this.#dns.resolver, mode: this.#dns.mode },
       failovers: this.failovers,
       directorySerial: this.directorySerial,
     };
@@ -344,6 +376,8 @@ export class ClientDaemon {
     this.#timer.stop();
     if (this.#monitor) clearInterval(this.#monitor);
     this.#monitor = null;
+    this.#dns?.restore();
+    this.#dns = null;
     this.#unroute();
     if (this.#killSwitch) {
       disableKillSwitch();

@@ -123,3 +123,76 @@ export class NodeUdpBind implements UdpBind {
     await Promise.all(all.map((s) => new Promise<void>((r) => s.close(() => r()))));
   }
 }
+
+/**
+ * A UdpBind over dgram sockets someone else bound: in rootless mode the parent process binds
+ * them in the original network namespace and hands them in over Node IPC, so the relay traffic
+ * leaves from the original namespace while this process lives in its own. `open` cannot rebind
+ * them: it returns the port they are bound to (asking for another port is an error), and
+ * `close` closes them for good.
+ */
+export class AdoptedUdpBind implements UdpBind {
+  #v4: dgram.Socket | null;
+  #v6: dgram.Socket | null;
+  #onDatagram: ((d: Uint8Array, from: UdpEndpoint) => void) | null = null;
+
+  constructor(sockets: { v4?: dgram.Socket | null; v6?: dgram.Socket | null }) {
+    this.#v4 = sockets.v4 ?? null;
+    this.#v6 = sockets.v6 ?? null;
+    if (this.#v4 === null && this.#v6 === null) throw new Error('AdoptedUdpBind needs at least one socket');
+    for (const s of [this.#v4, this.#v6]) s?.on('error', () => {});
+  }
+
+  get port(): number {
+    const s = this.#v4 ?? this.#v6;
+    if (s === null) return 0;
+    try {
+      return s.address().port;
+    } catch {
+      return 0; // closed
+    }
+  }
+
+  async open(port: number): Promise<number> {
+    const bound = this.port;
+    if (bound === 0) throw new Error('the adopted sockets are closed');
+    if (port !== 0 && port !== bound) throw new Error(`the adopted sockets are bound to port ${bound}, not ${port}`);
+    return bound;
+  }
+
+  start(onDatagram: (d: Uint8Array, from: UdpEndpoint) => void): void {
+    this.#onDatagram = onDatagram;
+    for (const s of [this.#v4, this.#v6]) {
+      if (s === null) continue;
+      s.removeAllListeners('message');
+      s.on('message', (msg, rinfo) => this.#onDatagram?.(msg, rinfo as UdpEndpoint));
+    }
+  }
+
+  send(datagram: Uint8Array, to: UdpEndpoint): void {
+    const s = to.family === 'IPv6' ? this.#v6 : this.#v4;
+    if (s === null) return;
+    s.send(Buffer.from(datagram), to.port, to.address); // a copy, as NodeUdpBind.send explains
+  }
+
+  forget(_endpoint: UdpEndpoint): void {}
+
+  /** SO_MARK needs CAP_NET_ADMIN over the sockets' namespace, which a rootless client lacks. */
+  setMark(mark: number): void {
+    const value = Buffer.alloc(4);
+    value.writeUInt32LE(mark >>> 0);
+    for (const s of [this.#v4, this.#v6]) {
+      if (s === null) continue;
+      const fd = socketFd(s);
+      if (fd === null) throw new Error('socket descriptor not available');
+      if (sys().setsockopt(fd, SOL_SOCKET, SO_MARK, value, 4) !== 0) throw new Error(`SO_MARK failed (errno ${sys().errno()})`);
+    }
+  }
+
+  async close(): Promise<void> {
+    const all = [this.#v4, this.#v6].filter((s): s is dgram.Socket => s !== null);
+    this.#v4 = this.#v6 = null;
+    this.#onDatagram = null;
+    await Promise.all(all.map((s) => new Promise<void>((r) => s.close(() => r()))));
+  }
+}
