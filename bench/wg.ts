@@ -31,27 +31,48 @@
  * Requires root, wireguard-go, wg, iperf3, ping, ip, unshare, mount, timeout, /dev/net/tun.
  * Exit: 0 ok, 1 a measurement failed, 2 precondition missing, 130 interrupted.
  */
-import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  Aborted,
+  beginAbort,
+  delns,
+  enterIsolation,
+  envInt,
+  f1,
+  f3,
+  firstLine,
+  fr,
+  genkey as genkeyIn,
+  innerPid,
+  iperfRun,
+  isAborting,
+  isolationVars,
+  list,
+  log,
+  mean,
+  mkns,
+  must,
+  nsx,
+  ourNamespaces,
+  pingRun,
+  precondition,
+  preflight,
+  reexecIsolated,
+  run,
+  setBenchName,
+  start,
+  stop,
+  stopAll,
+  waitIperfListening,
+  waitQuiet as waitQuietFor,
+  type Proc,
+} from './common.ts';
 
 // ------------------------------------------------------------------ configuration
-function envInt(name: string, def: number, min: number, max: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return def;
-  const v = Number(raw);
-  if (!Number.isInteger(v) || v < min || v > max) {
-    precondition(`${name}=${raw}: expected an integer in [${min}, ${max}]`);
-  }
-  return v;
-}
-function precondition(reason: string): never {
-  process.stderr.write(`bench:wg: ${reason}\n`);
-  console.log(`bench:wg cannot run: ${reason}`);
-  process.exit(2);
-}
+setBenchName('bench:wg');
 
 const RUNS = envInt('RUNS', 2, 1, 100);
 const DUR = envInt('DUR', 10, 1, 300);
@@ -66,9 +87,7 @@ const KEEP = process.env.KEEP === '1';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const STRATA_BIN = path.resolve(process.env.STRATA_WG || path.join(ROOT, 'bin', 'strata-wg'));
-const INNER_FLAG = 'STRATA_BENCH_WG_INNER';
-const BASE_VAR = 'STRATA_BENCH_WG_BASE';
-const MNTNS_VAR = 'STRATA_BENCH_WG_OUTER_MNTNS';
+const VARS = isolationVars('STRATA_BENCH_WG');
 const TOOLS = ['wireguard-go', 'wg', 'iperf3', 'ping', 'ip', 'unshare', 'mount', 'timeout', 'ss'];
 
 // Outer addresses on the veth (only inside our namespaces), inner addresses on the tunnel.
@@ -85,78 +104,27 @@ const IMPLS: readonly { id: ImplId; name: string; bin: string; tag: string }[] =
   { id: 'wggo', name: 'wireguard-go', bin: 'wireguard-go', tag: 'w' },
 ];
 
-const log = (msg: string): void => {
-  process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
-};
-
-function which(bin: string): string | null {
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    if (dir === '') continue;
-    const p = path.join(dir, bin);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      if (fs.statSync(p).isFile()) return p;
-    } catch {
-      // not here
-    }
-  }
-  return null;
-}
-
-function firstLine(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000, stdio: ['ignore', 'pipe', 'pipe'] });
-  return `${r.stdout ?? ''}`.split('\n')[0]?.trim() ?? '';
-}
-
 // ------------------------------------------------------------------ outer process
 // Checks preconditions, makes the temporary /run, and re-executes itself inside a private
 // mount namespace; removes the directory once the inner process (and its namespace) is gone.
 async function outer(): Promise<never> {
-  if (process.platform !== 'linux') precondition('Linux only');
-  if (process.getuid?.() !== 0) precondition('must run as root (network namespaces, TUN devices)');
-  const missing = TOOLS.filter((t) => which(t) === null);
-  if (missing.length > 0) precondition(`missing tool(s): ${missing.join(', ')}`);
-  if (!fs.existsSync('/dev/net/tun')) precondition('missing /dev/net/tun');
-  try {
-    fs.accessSync(STRATA_BIN, fs.constants.X_OK);
-  } catch {
-    precondition(`missing or not executable: ${STRATA_BIN}`);
-  }
-  if (fs.realpathSync('/var/run') !== '/run') precondition('/var/run is not /run on this host');
-
-  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-bench-wg-'));
-  for (const d of ['run/netns', 'run/wireguard', 'keys', 'logs']) fs.mkdirSync(path.join(base, d), { recursive: true, mode: 0o700 });
-
+  preflight(TOOLS, () => {
+    try {
+      fs.accessSync(STRATA_BIN, fs.constants.X_OK);
+    } catch {
+      precondition(`missing or not executable: ${STRATA_BIN}`);
+    }
+  });
   // Upper bound on the whole run, as a last resort if the inner process hangs.
-  const budgetS = RUNS * IMPLS.length * pairLifetimeS() + 120;
-  const child = spawn('unshare', ['--mount', '--propagation', 'private', '--', process.execPath, ...process.execArgv, import.meta.filename], {
-    stdio: 'inherit',
-    env: { ...process.env, [INNER_FLAG]: '1', [BASE_VAR]: base, [MNTNS_VAR]: fs.readlinkSync('/proc/self/ns/mnt') },
+  return reexecIsolated({
+    script: import.meta.filename,
+    vars: VARS,
+    tmpPrefix: 'strata-bench-wg-',
+    dirs: ['keys', 'logs'],
+    budgetS: RUNS * IMPLS.length * pairLifetimeS() + 120,
+    keep: KEEP,
+    keptNote: 'daemon and iperf3 logs under logs/',
   });
-  const forward = (sig: NodeJS.Signals): void => {
-    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) child.kill(sig);
-  };
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => forward(sig));
-  const guard = setTimeout(() => {
-    log(`overall time budget (${budgetS} s) exceeded; stopping`);
-    forward('SIGTERM');
-    setTimeout(() => forward('SIGKILL'), 60_000).unref();
-  }, budgetS * 1000);
-  guard.unref();
-  const code = await new Promise<number>((resolve) => {
-    child.on('error', (e) => {
-      log(`cannot start unshare: ${e.message}`);
-      resolve(2);
-    });
-    child.on('exit', (c, s) => resolve(c ?? (s === 'SIGINT' ? 130 : 1)));
-  });
-  clearTimeout(guard);
-  if (KEEP || (code !== 0 && code !== 130)) {
-    log(`kept ${base} (daemon and iperf3 logs under logs/)`);
-  } else {
-    fs.rmSync(base, { recursive: true, force: true });
-  }
-  process.exit(code);
 }
 
 /** Upper bound on how long one implementation's pair lives: set-up, warm-up, measurements. */
@@ -165,183 +133,7 @@ function pairLifetimeS(): number {
   return 120 + (WARMUP > 0 ? WARMUP + 40 : 0) + 2 * (RETRIES + 1) * tcpRun + WAIT_IDLE + 3 + PINGN * 0.02 + 20;
 }
 
-// ------------------------------------------------------------------ inner process: children
-interface Proc {
-  child: ChildProcess;
-  label: string;
-  exited: Promise<void>;
-  done: boolean;
-  /** PID of the command under timeout(1), once known. */
-  inner: number | null;
-}
-interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-}
-
-const live = new Set<Proc>();
-let aborting = false;
-
-class Aborted extends Error {}
-
-/** Start `cmd args` under timeout(1) with a hard lifetime; tracked until it exits. */
-function start(cmd: string, args: string[], lifetimeS: number, label: string, stdio: StdioOptions, env?: NodeJS.ProcessEnv): Proc {
-  if (aborting) throw new Aborted('aborting');
-  const child = spawn('timeout', ['-k', '3', `${Math.ceil(lifetimeS)}`, cmd, ...args], {
-    stdio,
-    env: env ?? process.env,
-  });
-  const p: Proc = { child, label, exited: Promise.resolve(), done: false, inner: null };
-  p.exited = new Promise<void>((resolve) => {
-    const finish = (): void => {
-      p.done = true;
-      live.delete(p);
-      resolve();
-    };
-    child.once('exit', finish);
-    child.once('error', finish);
-  });
-  live.add(p);
-  // Backstop in case timeout(1) itself hangs.
-  const backstop = setTimeout(() => {
-    if (!p.done) child.kill('SIGKILL');
-  }, (lifetimeS + 15) * 1000);
-  backstop.unref();
-  void p.exited.then(() => clearTimeout(backstop));
-  return p;
-}
-
-/** Run a command to completion (bounded by timeoutS) and collect its output. */
-async function run(cmd: string, args: string[], timeoutS: number, input?: string): Promise<RunResult> {
-  const p = start(cmd, args, timeoutS, `${cmd} ${args.join(' ')}`, [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe']);
-  let stdout = '';
-  let stderr = '';
-  p.child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-  p.child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  if (input !== undefined) p.child.stdin!.end(input);
-  await p.exited;
-  const code = p.child.exitCode;
-  if (aborting) throw new Aborted('aborting');
-  return { code, stdout, stderr, timedOut: code === 124 || code === 137 || p.child.signalCode !== null };
-}
-
-/** Like run, but throws with the command's stderr when it fails. */
-async function must(cmd: string, args: string[], timeoutS = 15, input?: string): Promise<string> {
-  const r = await run(cmd, args, timeoutS, input);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.timedOut ? 'timed out' : `exit ${r.code}`}): ${r.stderr.trim()}`);
-  return r.stdout;
-}
-
-/** PID of the command timeout(1) started for p (its only child). */
-async function innerPid(p: Proc): Promise<number | null> {
-  const pid = p.child.pid;
-  if (pid === undefined) return null;
-  for (let i = 0; i < 200 && !p.done; i++) {
-    try {
-      const kids = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
-      if (kids !== '') return Number(kids.split(/\s+/)[0]);
-    } catch {
-      return null;
-    }
-    await sleep(10);
-  }
-  return null;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Stop a tracked process by PID: SIGTERM (timeout(1) forwards it), then SIGKILL. */
-async function stop(p: Proc, graceMs = 5000): Promise<void> {
-  if (p.done) return;
-  const pid = p.child.pid;
-  if (pid !== undefined) {
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch {
-      // already gone
-    }
-  }
-  const t = setTimeout(() => {
-    if (p.done) return;
-    if (p.inner !== null && alive(p.inner)) {
-      try {
-        process.kill(p.inner, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    }
-    p.child.kill('SIGKILL');
-  }, graceMs);
-  await p.exited;
-  clearTimeout(t);
-}
-
-// ------------------------------------------------------------------ inner process: CPU sampling
-const HZ = Number(firstLine('getconf', ['CLK_TCK'])) || 100;
-
-/** [busy, total] ticks summed over all CPUs; busy excludes idle and iowait. */
-function sysTicks(): [number, number] {
-  const line = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '';
-  const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
-  const total = f.reduce((a, b) => a + b, 0);
-  const idle = (f[3] ?? 0) + (f[4] ?? 0);
-  return [total - idle, total];
-}
-
-function procTicks(pid: number): number {
-  try {
-    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return Number(f[11]) + Number(f[12]);
-  } catch {
-    return 0;
-  }
-}
-
-/** CPU ticks of kernel threads (children of kthreadd), e.g. ksoftirqd doing our network work. */
-function kthreadTicks(): number {
-  let t = 0;
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const s = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      if (f[1] === '2' || d === '2') t += Number(f[11]) + Number(f[12]);
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return t;
-}
-
-/** Host busy, % of all cores, over one second. */
-async function bgBusy(): Promise<number> {
-  const [b0, t0] = sysTicks();
-  await sleep(1000);
-  const [b1, t1] = sysTicks();
-  return t1 > t0 ? (100 * (b1 - b0)) / (t1 - t0) : 0;
-}
-
-/** Wait (<= WAIT_IDLE s) until the host is quiet while we are idle; returns the last busy %. */
-async function waitQuiet(): Promise<number> {
-  const deadline = Date.now() + WAIT_IDLE * 1000;
-  let b = await bgBusy();
-  while (b >= IDLE_MAX && Date.now() < deadline) {
-    await sleep(2000);
-    b = await bgBusy();
-  }
-  if (b >= IDLE_MAX) log(`  host still ${b.toFixed(0)}% busy from other processes; measuring anyway`);
-  return b;
-}
+const waitQuiet = (): Promise<number> => waitQuietFor(WAIT_IDLE, IDLE_MAX);
 
 // ------------------------------------------------------------------ inner process: topology
 interface Pair {
@@ -354,41 +146,9 @@ interface Pair {
   procs: Proc[];
 }
 
-const namespaces = new Set<string>();
 let BASE = '';
 
-const nsx = (ns: string, cmd: string, ...args: string[]): Promise<string> => must('ip', ['netns', 'exec', ns, cmd, ...args]);
-
-async function mkns(name: string): Promise<void> {
-  await must('ip', ['netns', 'add', name]);
-  namespaces.add(name);
-  await must('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
-}
-
-/** Stop every process in a namespace we created (by PID), then delete the namespace. */
-async function delns(name: string): Promise<void> {
-  if (!namespaces.has(name)) return;
-  // Synchronous, not `run`: this must also work while aborting.
-  const r = spawnSync('timeout', ['-k', '3', '10', 'ip', 'netns', 'pids', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
-  const pids = (r.stdout ?? '').split(/\s+/).filter((s) => /^\d+$/.test(s)).map(Number);
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }
-  spawnSync('timeout', ['-k', '3', '15', 'ip', 'netns', 'del', name], { stdio: 'ignore' });
-  namespaces.delete(name);
-}
-
-async function genkey(name: string): Promise<{ key: string; pub: string }> {
-  const priv = (await must('wg', ['genkey'])).trim();
-  const pub = (await must('wg', ['pubkey'], 15, `${priv}\n`)).trim();
-  const key = path.join(BASE, 'keys', `${name}.key`);
-  fs.writeFileSync(key, `${priv}\n`, { mode: 0o600 });
-  return { key, pub };
-}
+const genkey = (name: string): Promise<{ key: string; pub: string }> => genkeyIn(path.join(BASE, 'keys'), name);
 
 /** Start the daemon in the foreground in ns, wait for its UAPI socket, configure key and address. */
 async function daemonUp(pair: Pair, ns: string, ifc: string, addr: string): Promise<string> {
@@ -457,12 +217,7 @@ async function pairUp(impl: (typeof IMPLS)[number], round: number): Promise<Pair
   }
   const server = pair.procs.at(-1)!;
   server.inner = await innerPid(server);
-  let listening = false;
-  for (let i = 0; i < 100 && !listening && !server.done; i++) {
-    listening = /:5201\s/.test(await nsx(pair.nsSrv, 'ss', '-ltnH'));
-    if (!listening) await sleep(50);
-  }
-  if (!listening) throw new Error('iperf3 server did not start');
+  if (!(await waitIperfListening(pair.nsSrv, server))) throw new Error('iperf3 server did not start');
 
   // Reachability through the tunnel; also performs the handshake.
   let reached = false;
@@ -491,45 +246,18 @@ interface TcpSample {
   repeats: number;
 }
 
-interface IperfJson {
-  error?: string;
-  end?: {
-    sum_received?: { bits_per_second?: number };
-    sum_sent?: { retransmits?: number };
-    cpu_utilization_percent?: { host_total?: number; remote_total?: number };
-  };
-}
-
 async function iperfOnce(pair: Pair, streams: number, seconds: number): Promise<TcpSample> {
   const dpids = pair.daemons.map((d) => d.inner).filter((p): p is number => p !== null);
-  const k0 = kthreadTicks();
-  const c0 = dpids.reduce((a, p) => a + procTicks(p), 0);
-  const [b0] = sysTicks();
-  const t0 = performance.now();
-  const r = await run('ip', ['netns', 'exec', pair.nsCli, 'iperf3', '-c', TUN_SRV, '-t', `${seconds}`, '-P', `${streams}`, '-J'], seconds + 30);
-  const el = (performance.now() - t0) / 1000;
-  const [b1] = sysTicks();
-  const c1 = dpids.reduce((a, p) => a + procTicks(p), 0);
-  const k1 = kthreadTicks();
-  let j: IperfJson = {};
-  try {
-    j = JSON.parse(r.stdout) as IperfJson;
-  } catch {
-    // leave empty
-  }
-  const bps = j.end?.sum_received?.bits_per_second;
-  if (r.code !== 0 || bps === undefined) {
-    log(`  iperf3 -P ${streams} failed (${r.timedOut ? 'timed out' : `exit ${r.code}`}): ${j.error ?? r.stderr.trim()}`);
+  const r = await iperfRun(pair.nsCli, TUN_SRV, streams, seconds, dpids);
+  if (Number.isNaN(r.mbps)) {
+    log(`  iperf3 -P ${streams} failed (${r.timedOut ? 'timed out' : `exit ${r.exitCode}`}): ${r.error}`);
     return { mbps: NaN, daemonCpu: NaN, retransmits: NaN, foreign: 0, repeats: 0 };
   }
-  const pct = (ticks: number): number => (ticks / HZ / el) * 100;
-  const cpu = j.end?.cpu_utilization_percent;
-  const foreign = pct(b1 - b0 - (k1 - k0) - (c1 - c0)) - (cpu?.host_total ?? 0) - (cpu?.remote_total ?? 0);
   return {
-    mbps: bps / 1e6,
-    daemonCpu: pct(c1 - c0),
-    retransmits: j.end?.sum_sent?.retransmits ?? 0,
-    foreign: Math.max(0, foreign),
+    mbps: r.mbps,
+    daemonCpu: r.cpu.reduce((a, b) => a + b, 0),
+    retransmits: r.retransmits,
+    foreign: r.foreign,
     repeats: 0,
   };
 }
@@ -551,10 +279,7 @@ async function tcpTest(pair: Pair, streams: number): Promise<TcpSample> {
 
 async function pingTest(pair: Pair): Promise<{ avg: number; loss: number }> {
   await waitQuiet();
-  const r = await run('ip', ['netns', 'exec', pair.nsCli, 'ping', '-n', '-q', '-c', `${PINGN}`, '-i', '0.02', '-W', '1', TUN_SRV], PINGN * 0.02 + 20);
-  const m = /= [\d.]+\/([\d.]+)\/[\d.]+\/[\d.]+ ms/.exec(r.stdout);
-  const l = /([\d.]+)% packet loss/.exec(r.stdout);
-  const res = { avg: m ? Number(m[1]) : NaN, loss: l ? Number(l[1]) : NaN };
+  const res = await pingRun(pair.nsCli, TUN_SRV, PINGN);
   log(`  ping: avg ${res.avg} ms, loss ${res.loss}%`);
   return res;
 }
@@ -570,27 +295,17 @@ interface Results {
 
 async function cleanupAll(): Promise<void> {
   if (current !== null) await pairDown(current).catch((e: unknown) => log(`teardown: ${(e as Error).message}`));
-  await Promise.all([...live].map((p) => stop(p, 3000)));
-  for (const ns of [...namespaces]) await delns(ns);
+  await stopAll(3000);
+  for (const ns of ourNamespaces()) await delns(ns);
 }
 
 async function inner(): Promise<number> {
-  BASE = process.env[BASE_VAR] ?? '';
-  if ((process.env[MNTNS_VAR] ?? '') === '') precondition(`inner process without ${MNTNS_VAR}`);
-  if (BASE === '' || !fs.statSync(path.join(BASE, 'run', 'netns'), { throwIfNoEntry: false })?.isDirectory()) {
-    precondition(`inner process without a prepared ${BASE_VAR}`);
-  }
-  // Never bind over the host's /run: we must be in our own mount namespace.
-  if (fs.readlinkSync('/proc/self/ns/mnt') === process.env[MNTNS_VAR]) {
-    precondition('not in a private mount namespace');
-  }
-  const m = spawnSync('mount', ['--bind', path.join(BASE, 'run'), '/run'], { encoding: 'utf8', timeout: 10_000 });
-  if (m.status !== 0) precondition(`bind mount of /run failed: ${(m.stderr ?? '').trim()}`);
+  BASE = enterIsolation(VARS);
 
   let interrupted = false;
   const onSignal = (sig: NodeJS.Signals): void => {
-    if (aborting) return;
-    aborting = true;
+    if (isAborting()) return;
+    beginAbort();
     interrupted = true;
     log(`${sig}: tearing down`);
     void cleanupAll().finally(() => process.exit(130));
@@ -620,11 +335,11 @@ async function inner(): Promise<number> {
           r.rtt.push(p.avg);
           r.loss.push(p.loss);
         } catch (e) {
-          if (e instanceof Aborted || aborting) throw e;
+          if (e instanceof Aborted || isAborting()) throw e;
           r.failures++;
           log(`  ${impl.name} round ${round} failed: ${(e as Error).message}`);
         } finally {
-          if (!aborting) {
+          if (!isAborting()) {
             if (pair !== null) await pairDown(pair);
             else if (current !== null) await pairDown(current);
           }
@@ -632,7 +347,7 @@ async function inner(): Promise<number> {
       }
     }
   } catch (e) {
-    if (!(e instanceof Aborted) && !aborting) {
+    if (!(e instanceof Aborted) && !isAborting()) {
       log(`error: ${(e as Error).stack ?? e}`);
       await cleanupAll();
       return 1;
@@ -640,19 +355,11 @@ async function inner(): Promise<number> {
     // The signal handler tears down and exits.
     await new Promise(() => {});
   } finally {
-    if (!aborting) await cleanupAll();
+    if (!isAborting()) await cleanupAll();
   }
   if (interrupted) return 130;
 
   // ---------------------------------------------------------------- report
-  const mean = (xs: number[]): number => {
-    const v = xs.filter((x) => Number.isFinite(x));
-    return v.length === 0 ? NaN : v.reduce((a, b) => a + b, 0) / v.length;
-  };
-  const f1 = (x: number): string => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
-  const f3 = (x: number): string => (Number.isFinite(x) ? x.toFixed(3) : 'n/a');
-  const fr = (x: number): string => (Number.isFinite(x) ? x.toPrecision(3) : 'n/a');
-  const list = (xs: number[], f: (x: number) => string): string => `[${xs.map(f).join(', ')}]`;
   // A run kept although other processes used more than FOREIGN_MAX % of a core is starred.
   const tcpList = (xs: TcpSample[]): string => `[${xs.map((s) => f1(s.mbps) + (s.foreign > FOREIGN_MAX ? '*' : '')).join(', ')}]`;
   const S = res.get('strata')!;
@@ -698,7 +405,7 @@ async function inner(): Promise<number> {
   return complete && Number.isFinite(rThr) ? 0 : 1;
 }
 
-if (process.env[INNER_FLAG] === '1') {
+if (process.env[VARS.inner] === '1') {
   const code = await inner().catch(async (e: unknown) => {
     log(`fatal: ${(e as Error).stack ?? e}`);
     await cleanupAll();
