@@ -65,6 +65,8 @@ export function configureDns(tunName: string, resolver: string): DnsSetup {
     const dir = netnsDir(ns);
     const created = !fs.existsSync(dir);
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+    // The user's own files there are saved first and put back on disconnect.
+    for (const f of ['resolv.conf', 'nsswitch.conf']) saveOriginal(path.join(dir, f), ns);
     fs.writeFileSync(path.join(dir, 'resolv.conf'), conf);
     let nss = 'passwd: files\ngroup: files\nhosts: files dns\n';
     try {
@@ -94,15 +96,36 @@ export function configureDns(tunName: string, resolver: string): DnsSetup {
   return { resolver, mode: 'resolv.conf', restore: restoreResolvConf };
 }
 
+function backupOf(file: string, ns: string): string {
+  return path.join(path.dirname(BACKUP), `netns-${ns}-${path.basename(file)}.before-strata`);
+}
+
+function saveOriginal(file: string, ns: string): void {
+  let content: string;
+  try {
+    content = fs.readFileSync(file, 'utf8');
+  } catch {
+    return; // none: nothing to save
+  }
+  if (content.startsWith(MARKER)) return; // ours, from a daemon that stopped
+  fs.mkdirSync(path.dirname(BACKUP), { recursive: true });
+  fs.writeFileSync(backupOf(file, ns), content, { mode: 0o644 });
+}
+
 function restoreNetns(ns: string, removeDir: boolean): void {
   const dir = netnsDir(ns);
   for (const f of ['resolv.conf', 'nsswitch.conf']) {
     const p = path.join(dir, f);
     try {
-      if (fs.readFileSync(p, 'utf8').startsWith(MARKER)) fs.rmSync(p);
+      if (!fs.readFileSync(p, 'utf8').startsWith(MARKER)) continue;
     } catch {
-      // gone
+      continue;
     }
+    const saved = backupOf(p, ns);
+    if (fs.existsSync(saved)) {
+      fs.writeFileSync(p, fs.readFileSync(saved));
+      fs.rmSync(saved, { force: true });
+    } else fs.rmSync(p, { force: true });
   }
   if (removeDir) {
     try {
