@@ -25,6 +25,7 @@ export const LAYER_OVERHEAD = { IPv4: 32 + 20 + 8, IPv6: 32 + 40 + 8 } as const;
 const IP_UDP = { IPv4: 28, IPv6: 48 } as const;
 
 const pad16 = (n: number): number => (n + 15) & ~15;
+const NO_UDP_CHECKSUM = { udpChecksum: false } as const;
 
 /**
  * The largest inner packet for a path whose layers use these families (outermost first), and
@@ -207,7 +208,7 @@ export class CascadeEngine {
         srcPort: below.innerPort,
         dstPort: target.endpoint.port,
         payload: o.datagram,
-      });
+      }, NO_UDP_CHECKSUM);
       const r = below.core.sendTo(below.peer, packet, now);
       if (r.kind === 'drop') this.#count('layer-drop');
       else this.#down(level - 1, r.out, now, acc);

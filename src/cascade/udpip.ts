@@ -27,8 +27,13 @@ function fold(s: number): number {
   return s;
 }
 
-/** Builds an IP packet carrying one UDP datagram. */
-export function buildUdp(p: UdpPacket): Uint8Array {
+/**
+ * Builds an IP packet carrying one UDP datagram. Over IPv4 the UDP checksum may be left out
+ * (RFC 768: zero means none): a cascade's layers carry WireGuard messages, authenticated
+ * already, so `udpChecksum: false` saves summing every payload byte once per layer. Over IPv6
+ * the checksum is mandatory and always computed.
+ */
+export function buildUdp(p: UdpPacket, options: { udpChecksum?: boolean } = {}): Uint8Array {
   const udpLen = 8 + p.payload.length;
   const v4 = p.family === 4;
   const ipLen = v4 ? 20 : 40;
@@ -62,6 +67,7 @@ export function buildUdp(p: UdpPacket): Uint8Array {
   out[u + 4] = udpLen >> 8;
   out[u + 5] = udpLen & 0xff;
   out.set(p.payload, u + 8);
+  if (v4 && options.udpChecksum === false) return out;
   // Pseudo-header: addresses, protocol, UDP length.
   let s = sum16(p.src, 0, p.src.length, 0);
   s = sum16(p.dst, 0, p.dst.length, s);

@@ -279,7 +279,7 @@ export class RelayNode {
       srcPort: from.port,
       dstPort: dest.clientPort,
       payload: d,
-    });
+    }, { udpChecksum: false });
     const r = this.core.sendTo(peer, packet, this.#now());
     if (r.kind !== 'drop') {
       this.stats.replyPackets++;
