@@ -85,6 +85,8 @@ program
   .option('--exit-country <cc>', 'the exit must be in this country')
   .option('--no-kill-switch', 'do not install the kill switch (for comparison runs only)')
   .option('--dns <ip>', 'resolver reached through the tunnel; other DNS is refused')
+  .option('--socks5 <host:port>', 'rootless mode: no TUN here, a SOCKS5 proxy on loopback (foreground; nothing needs root)')
+  .option('--http-proxy <host:port>', 'rootless mode: an HTTP CONNECT proxy on loopback')
   .option('--allow-lan <ranges>', 'comma-separated LAN prefixes reachable outside the tunnel')
   .option('--failover-silence <ms>', 'silence at the exit, while sending, before hops are probed', '1000')
   .option('--hops <n>', 'number of hops when no --path is given', '3')
@@ -103,6 +105,8 @@ program
     killSwitch: boolean;
     dns?: string;
     allowLan?: string;
+    socks5?: string;
+    httpProxy?: string;
     failoverSilence: string;
     ifname: string;
     hopTimeout: string;
@@ -127,6 +131,10 @@ program
       if (!(silenceMs >= 100 && silenceMs <= 60_000)) throw new StrataError('ERR_OPTION', '--failover-silence must be 100 to 60000 ms');
       const hopTimeout = Number(o.hopTimeout);
       if (!(hopTimeout > 0 && hopTimeout <= 120)) throw new StrataError('ERR_OPTION', '--hop-timeout must be 1 to 120 seconds');
+      if (o.socks5 !== undefined || o.httpProxy !== undefined) {
+        await runRootless(path, o.socks5, o.httpProxy, o.dns, hopTimeout);
+        return;
+      }
       const sock = controlPath(o.runDir);
       if (!o.foreground && process.env.STRATA_READY_FD === undefined) {
         await detach(path.map((r) => r.name).join(','), sock);
@@ -203,6 +211,37 @@ program
       fail(e);
     }
   });
+
+/** "127.0.0.1:1080" or "[::1]:1080". */
+function hostPort(text: string, option: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (m === null || !(port >= 1 && port <= 65535)) throw new StrataError('ERR_OPTION', `${option} ${text}: give HOST:PORT (e.g. 127.0.0.1:1080)`);
+  return { host: (m[1] ?? m[2])!, port };
+}
+
+/** Rootless mode: the cascade in an unprivileged user+network namespace behind local proxies. */
+async function runRootless(path: Relay[], socks5: string | undefined, http: string | undefined, dns: string | undefined, hopTimeout: number): Promise<void> {
+  const { connectRootless } = await import('../client/rootless.ts');
+  const conn = await connectRootless({
+    path,
+    ...(socks5 !== undefined ? { socks5: hostPort(socks5, '--socks5') } : {}),
+    ...(http !== undefined ? { httpProxy: hostPort(http, '--http-proxy') } : {}),
+    ...(dns !== undefined ? { dns } : {}),
+    hopTimeout,
+    onLog: (l) => process.stderr.write(l + '\n'),
+  });
+  const s = await conn.status();
+  process.stdout.write(
+    `connected through ${s.hops.map((h) => h.name).join(',')} (rootless)` +
+      (s.socks5 ? `; SOCKS5 on ${socks5}` : '') +
+      (s.httpProxy ? `; HTTP CONNECT on ${http}` : '') +
+      '\n',
+  );
+  process.on('SIGINT', () => void conn.close());
+  process.on('SIGTERM', () => void conn.close());
+  process.exitCode = (await conn.closed) === 0 ? 0 : 1;
+}
 
 function signalReady(msg: object): void {
   const fd = process.env.STRATA_READY_FD;

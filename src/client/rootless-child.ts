@@ -172,15 +172,25 @@ async function shutdown(code: number, why?: string): Promise<void> {
   shuttingDown = true;
   if (why !== undefined) process.stderr.write(`strata rootless: ${why}\n`);
   running = false;
+  // Open proxied connections would keep the loop alive: leave once the cleanup below is done.
+  setTimeout(() => process.exit(code), 200).unref();
+  process.exitCode = code;
   timer?.stop();
   for (const s of [got.socks, got.http]) s?.close();
+  // A TUN read blocked on the thread pool is woken only by the interface going away (closing
+  // the descriptor does not wake it, and exit would wait for that thread): delete it first.
+  if (tun !== null) {
+    try {
+      ip(['link', 'del', IFNAME]);
+    } catch {
+      // already gone
+    }
+  }
   tun?.close();
   await bind?.close().catch(() => {});
   engine?.close();
   if (process.connected) process.disconnect();
-  // Open proxied connections would keep the loop alive: leave now.
-  setTimeout(() => process.exit(code), 50).unref();
-  process.exitCode = code;
+  process.exit(code);
 }
 
 function maybeStart(): void {
