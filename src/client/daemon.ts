@@ -14,7 +14,7 @@ import { replaceHop, type PathConstraints } from '../cascade/path.ts';
 import { disableKillSwitch, enableKillSwitch, killSwitchPresent } from './killswitch.ts';
 import { configureDns, restoreDnsLeftovers, type DnsSetup } from './dns.ts';
 import { WakeTimer } from '../device/waketimer.ts';
-import { formatEndpoint } from '../device/endpoint.ts';
+import { hopStatuses, type HopStatus } from './status.ts';
 import { createBind, createTun } from '../io/index.ts';
 import type { Tun, UdpBind, UdpEndpoint } from '../io/types.ts';
 import type { Outgoing } from '../wireguard/core.ts';
@@ -71,18 +71,8 @@ export interface FailoverEvent {
   restoredAfterMs: number | null;
 }
 
-export interface HopStatus {
-  hop: number;
-  name: string;
-  /** This connection's public key for the hop (the only key that relay ever sees). */
-  publicKey: string;
-  country: string;
-  endpoint: string;
-  up: boolean;
-  handshakeAgeSeconds: number | null;
-  rxBytes: number;
-  txBytes: number;
-}
+
+export type { HopStatus };
 
 export interface ClientStatus {
   interface: string;
@@ -353,17 +343,7 @@ export class ClientDaemon {
       interface: this.tun.name,
       mtu: this.engine.tunMtu,
       addresses: [this.engine.exit.addresses.v4Text, this.engine.exit.addresses.v6Text],
-      hops: this.engine.hops.map((h) => ({
-        hop: h.index + 1,
-        name: h.relay.name,
-        publicKey: h.core.publicKey!.toBase64(),
-        country: h.relay.country,
-        endpoint: formatEndpoint(h.endpoint),
-        up: h.peer.current !== null,
-        handshakeAgeSeconds: h.peer.lastHandshakeWallMs === 0 ? null : Math.max(0, Math.round((wallNow - h.peer.lastHandshakeWallMs) / 1000)),
-        rxBytes: h.peer.rxBytes,
-        txBytes: h.peer.txBytes,
-      })),
+      hops: hopStatuses(this.engine, wallNow),
       killSwitch: this.#killSwitch,
       dns: this.#dns === null ? null : { resolver: this.#dns.resolver, mode: this.#dns.mode },
       failovers: this.failovers,

@@ -17,10 +17,10 @@
 import { execFileSync } from 'node:child_process';
 import type dgram from 'node:dgram';
 import type net from 'node:net';
+import { hopStatuses } from './status.ts';
 import { StrataError } from '../crypto/errors.ts';
 import { CascadeEngine } from '../cascade/client.ts';
 import { parseRelayList } from '../cascade/relaylist.ts';
-import { formatEndpoint } from '../device/endpoint.ts';
 import { WakeTimer } from '../device/waketimer.ts';
 import { LinuxTun } from '../io/tun.ts';
 import { AdoptedUdpBind } from '../io/udp.ts';
@@ -86,17 +86,7 @@ function status(): object {
     socks5: got.socks?.address() ?? null,
     httpProxy: got.http?.address() ?? null,
     proxy: { ...counters },
-    hops: (e?.hops ?? []).map((h) => ({
-      hop: h.index + 1,
-      name: h.relay.name,
-      publicKey: h.core.publicKey!.toBase64(),
-      country: h.relay.country,
-      endpoint: formatEndpoint(h.endpoint),
-      up: h.peer.current !== null,
-      handshakeAgeSeconds: h.peer.lastHandshakeWallMs === 0 ? null : Math.max(0, Math.round((wallNow - h.peer.lastHandshakeWallMs) / 1000)),
-      rxBytes: h.peer.rxBytes,
-      txBytes: h.peer.txBytes,
-    })),
+    hops: hopStatuses(e ?? null, wallNow),
   };
 }
 
