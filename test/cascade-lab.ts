@@ -17,7 +17,7 @@ import { PrivateKey } from '../src/crypto/keys.ts';
 import { relayListJson, type Relay, type RelayKind, type Role } from '../src/cascade/relaylist.ts';
 import { Lab, labUnavailable, memoryTempDir } from '../src/lab/lab.ts';
 import { startRelay, strataBin } from '../src/lab/procs.ts';
-import type { CapturedPacket } from '../src/lab/pcap.ts';
+import { startTcpdump, type CapturedPacket } from '../src/lab/pcap.ts';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -408,23 +408,7 @@ export interface Capture {
 export async function startCapture(lab: Lab, dir: string, host: string, tag = ''): Promise<Capture> {
   const link = lab.host(host).link;
   const file = path.join(dir, `${host}${tag}.pcap`);
-  const proc = lab.spawn(lab.router, 'tcpdump', ['-i', link, '-n', '-s', '0', '-U', '--immediate-mode', '-Z', 'root', '-w', file]);
-  let err = '';
-  proc.stdout!.resume();
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`tcpdump on ${link} did not start: ${err}`)), 10_000);
-    proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      err += d;
-      if (err.includes('listening on')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    proc.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`tcpdump on ${link} exited (${code}): ${err}`));
-    });
-  });
+  const { proc } = await startTcpdump(lab, link, file, ['-s', '0', '-U']);
   return { name: host, link, file, proc };
 }
 

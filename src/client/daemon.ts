@@ -272,7 +272,18 @@ export class ClientDaemon {
       try {
         relay = replaceHop(this.relays, this.engine.hops.map((h) => h.relay), k, { ...this.#constraints, avoid: this.#failed });
       } catch {
-        return; // no relay left that keeps the rules: traffic stays blocked (fail closed)
+        // No other relay keeps the rules. If one was already tried, it may still answer late:
+        // give it longer before leaving traffic blocked (fail closed).
+        if (event.replacement !== null) {
+          const late = performance.now() + 4 * this.#timing.replaceMs;
+          while (this.#running && !this.engine.hopUp(k) && performance.now() < late) await new Promise((r) => setTimeout(r, 10));
+          if (this.engine.hopUp(k)) {
+            this.#failed.delete(this.engine.hops[k]!.relay.name);
+            if (k === this.engine.hops.length - 1) this.#address();
+            event.restoredAfterMs = Math.round(performance.now() - lastHeard);
+          }
+        }
+        return;
       }
       event.replacement = relay.name;
       this.#send(this.engine.replaceHop(k, relay, performance.now()));

@@ -28,7 +28,7 @@ import { relayListJson, type Relay } from '../cascade/relaylist.ts';
 import { controlPath, request } from '../client/control.ts';
 import type { ClientStatus, FailoverEvent } from '../client/daemon.ts';
 import { Lab, memoryTempDir, type LabHost } from './lab.ts';
-import { countPcapFrames, readPcap, type CapturedPacket } from './pcap.ts';
+import { countPcapFrames, readPcap, startTcpdump, type CapturedPacket } from './pcap.ts';
 import { startRelay, strataBin } from './procs.ts';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -299,27 +299,10 @@ export function droppedByKernel(c: Capture): number | null {
  * flushed when tcpdump exits (stopCapture).
  */
 export async function startCapture(lab: Lab, file: string, host: string): Promise<Capture> {
-  const link = lab.host(host).link;
   // Headers are enough (256 B keeps an ICMP error's quoted packet); a 64 MiB kernel buffer and
   // no per-packet flush (-U) so a 40 MiB transfer is captured without drops.
-  const proc = lab.spawn(lab.router, 'tcpdump', ['-i', link, '-n', '-s', '256', '-B', '65536', '--immediate-mode', '-Z', 'root', '-w', file]);
-  let err = '';
-  proc.stdout!.resume();
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`tcpdump on ${link} did not start: ${err}`)), 10_000);
-    proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
-      err += d;
-      if (err.includes('listening on')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    proc.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`tcpdump on ${link} exited (${code}): ${err}`));
-    });
-  });
-  return { file, proc, stderr: () => err };
+  const { proc, stderr } = await startTcpdump(lab, lab.host(host).link, file, ['-s', '256', '-B', '65536']);
+  return { file, proc, stderr };
 }
 
 /**

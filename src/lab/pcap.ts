@@ -3,7 +3,35 @@
  * say which addresses, ports and bytes crossed a link: the lab's captures are read with it.
  */
 import { readFileSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
 import { formatIP } from '../wireguard/ip.ts';
+import type { Lab } from './lab.ts';
+
+/**
+ * Starts tcpdump on a link (run in the lab's router namespace) writing `file`, and resolves
+ * once it is listening. --immediate-mode: without it packets wait in a ring block until it
+ * fills, and a SIGINT before then loses them. Returns the process and its stderr so far.
+ */
+export async function startTcpdump(lab: Lab, link: string, file: string, args: readonly string[]): Promise<{ proc: ChildProcess; stderr: () => string }> {
+  const proc = lab.spawn(lab.router, 'tcpdump', ['-i', link, '-n', ...args, '--immediate-mode', '-Z', 'root', '-w', file]);
+  let err = '';
+  proc.stdout!.resume();
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`tcpdump on ${link} did not start: ${err}`)), 10_000);
+    proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      err += d;
+      if (err.includes('listening on')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`tcpdump on ${link} exited (${code}): ${err}`));
+    });
+  });
+  return { proc, stderr: () => err };
+}
 
 export interface CapturedPacket {
   readonly family: 4 | 6;
