@@ -11,6 +11,18 @@ import type { UdpBind, UdpEndpoint } from './types.ts';
 const SOL_SOCKET = 1;
 const SO_MARK = 36;
 
+/** SO_MARK through setsockopt on each socket's descriptor (needs CAP_NET_ADMIN). */
+function markSockets(sockets: readonly (dgram.Socket | null)[], mark: number): void {
+  const value = Buffer.alloc(4);
+  value.writeUInt32LE(mark >>> 0);
+  for (const s of sockets) {
+    if (s === null) continue;
+    const fd = socketFd(s);
+    if (fd === null) throw new Error('socket descriptor not available');
+    if (sys().setsockopt(fd, SOL_SOCKET, SO_MARK, value, 4) !== 0) throw new Error(`SO_MARK failed (errno ${sys().errno()})`);
+  }
+}
+
 /** The file descriptor behind a bound dgram socket (Node keeps it on its internal handle). */
 function socketFd(s: dgram.Socket): number | null {
   for (const sym of Object.getOwnPropertySymbols(s)) {
@@ -105,14 +117,7 @@ export class NodeUdpBind implements UdpBind {
 
   /** SO_MARK through setsockopt on the sockets' descriptors (needs CAP_NET_ADMIN). */
   setMark(mark: number): void {
-    const value = Buffer.alloc(4);
-    value.writeUInt32LE(mark >>> 0);
-    for (const s of [this.#v4, this.#v6]) {
-      if (s === null) continue;
-      const fd = socketFd(s);
-      if (fd === null) throw new Error('socket descriptor not available');
-      if (sys().setsockopt(fd, SOL_SOCKET, SO_MARK, value, 4) !== 0) throw new Error(`SO_MARK failed (errno ${sys().errno()})`);
-    }
+    markSockets([this.#v4, this.#v6], mark);
     this.#mark = mark;
   }
 
@@ -179,14 +184,7 @@ export class AdoptedUdpBind implements UdpBind {
 
   /** SO_MARK needs CAP_NET_ADMIN over the sockets' namespace, which a rootless client lacks. */
   setMark(mark: number): void {
-    const value = Buffer.alloc(4);
-    value.writeUInt32LE(mark >>> 0);
-    for (const s of [this.#v4, this.#v6]) {
-      if (s === null) continue;
-      const fd = socketFd(s);
-      if (fd === null) throw new Error('socket descriptor not available');
-      if (sys().setsockopt(fd, SOL_SOCKET, SO_MARK, value, 4) !== 0) throw new Error(`SO_MARK failed (errno ${sys().errno()})`);
-    }
+    markSockets([this.#v4, this.#v6], mark);
   }
 
   async close(): Promise<void> {
