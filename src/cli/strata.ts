@@ -185,18 +185,29 @@ program
           );
         }, d.refreshMs).unref();
       }
+      // Teardown (kill switch, routes, resolver) completes before the socket goes and before
+      // `disconnect` gets its answer: whoever sees either can rely on the host being restored.
+      let tornDown = false;
+      const tearDown = (): void => {
+        if (tornDown) return;
+        tornDown = true;
+        daemon.close();
+        fs.rmSync(sock, { force: true });
+      };
       const control = await serveControl(sock, async (op) => {
         if (op === 'status') return daemon.status();
         if (op === 'disconnect') {
-          setImmediate(() => stop());
+          tearDown();
+          // Exit once the answer has gone out (the server closes when its last client has).
+          control.close(() => sys().exit(0));
+          setTimeout(() => sys().exit(0), 2000);
           return { disconnected: true };
         }
         throw new StrataError('ERR_CONTROL_OP', `unknown operation "${op}"`);
       });
       const stop = (): void => {
+        tearDown();
         control.close();
-        fs.rmSync(sock, { force: true });
-        daemon.close();
         sys().exit(0);
       };
       process.on('SIGTERM', stop);
@@ -311,8 +322,9 @@ program
         }
         throw e;
       }
-      // Wait for the daemon to be gone (its socket removed).
-      for (let i = 0; i < 100 && fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      // The daemon answers only after it has removed its kill switch, routes, resolver settings
+      // and socket; a socket still there means something else holds the path.
+      if (fs.existsSync(sock)) throw new StrataError('ERR_DISCONNECT', `the daemon answered but ${sock} is still there`);
       process.stdout.write('disconnected\n');
     } catch (e) {
       fail(e);
