@@ -122,6 +122,9 @@ export interface CoreOptions<E extends Endpoint = Endpoint> {
   onKeysZeroed?: (peer: Peer<E>) => void;
 }
 
+/** Bytes of timer jitter drawn at once (256 jitters). */
+const JITTER_POOL = 512;
+
 interface IndexEntry<E extends Endpoint> {
   peer: Peer<E>;
   keypair: Keypair | null; // null: the index of a pending handshake
@@ -149,6 +152,8 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   /** Cookie replies sent (a sign of being under load). */
   cookieRepliesSent = 0;
   #wake = Infinity;
+  #jitterPool: Uint8Array = new Uint8Array(0);
+  #jitterAt = 0;
 
   constructor(options: CoreOptions<E> = {}) {
     this.#random = options.random ?? cryptoRandom;
@@ -667,9 +672,20 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     }
   }
 
+  /**
+   * Timer jitter, drawn from a pool of random bytes: it is armed on the first data packet after
+   * every reply, and a call into node:crypto per packet (an async-job object each time) costs
+   * more than the rest of the packet's JavaScript. The bytes are not secret.
+   */
   #jitter(): number {
-    const b = this.#random(2);
-    return ((b[0]! << 8) | b[1]!) % REKEY_TIMEOUT_JITTER_MAX;
+    if (this.#jitterAt + 2 > this.#jitterPool.length) {
+      this.#jitterPool = this.#random(JITTER_POOL);
+      this.#jitterAt = 0;
+    }
+    const b = this.#jitterPool;
+    const i = this.#jitterAt;
+    this.#jitterAt += 2;
+    return ((b[i]! << 8) | b[i + 1]!) % REKEY_TIMEOUT_JITTER_MAX;
   }
 
   // ---- timers ----------------------------------------------------------------------------
