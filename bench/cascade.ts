@@ -25,7 +25,7 @@
  * and measures from cli to dst (10.0.N+1.2) through the cascade:
  *
  *   TCP           iperf3 -t DUR -P 1, receiver throughput (end.sum_received), after a WARMUP s run
- *   RTT           ping -c PINGN -i 0.02, average
+ *   RTT           ping -c PINGN -i 0.02, median
  *   CPU           per process during the TCP run, % of one core: the client (for wireguard-go
  *                 the N daemons in cli together) and each relay; for Strata's Node processes
  *                 also their main (JavaScript) thread
@@ -49,7 +49,7 @@
  * most self time (native calls by their JavaScript caller); the profiles are kept (prof/*.ndjson,
  * one V8 .cpuprofile per line).
  *
- * Env knobs: RUNS=2 DUR=10 PINGN=50 WARMUP=3 HOPS="3 5" WAIT_IDLE=60 IDLE_MAX=10
+ * Env knobs: RUNS=2 DUR=10 PINGN=200 WARMUP=3 HOPS="3 5" WAIT_IDLE=60 IDLE_MAX=10
  *            FOREIGN_MAX=15 RETRIES=2 WG_LOG=error KEEP=0 PROF=0 PROF_TOP=12
  *            STRATA=bin/strata (another strata build to measure).
  * Requires root, wireguard-go, wg, iperf3, ping, ip, nft, sysctl, ss, unshare, mount, timeout,
@@ -105,7 +105,7 @@ setBenchName('bench:cascade');
 
 const RUNS = envInt('RUNS', 2, 1, 100);
 const DUR = envInt('DUR', 10, 1, 300);
-const PINGN = envInt('PINGN', 50, 1, 1000);
+const PINGN = envInt('PINGN', 200, 1, 2000);
 const WARMUP = envInt('WARMUP', 3, 0, 60);
 const WAIT_IDLE = envInt('WAIT_IDLE', 60, 0, 600);
 const IDLE_MAX = envInt('IDLE_MAX', 10, 1, 100);
@@ -564,10 +564,10 @@ async function tcpTest(chain: Chain): Promise<TcpSample> {
   return s;
 }
 
-async function pingTest(chain: Chain): Promise<{ avg: number; loss: number }> {
+async function pingTest(chain: Chain): Promise<{ median: number; avg: number; loss: number }> {
   await waitQuiet();
   const res = await pingRun(chain.cli, dstAddr(chain.hops), PINGN);
-  log(`  ping: avg ${res.avg} ms, loss ${res.loss}%`);
+  log(`  ping: median ${res.median} ms, avg ${res.avg.toFixed(3)} ms, loss ${res.loss}%`);
   return res;
 }
 
@@ -726,7 +726,7 @@ async function inner(): Promise<number> {
         log(`round ${round}/${RUNS}, ${hops} hops: direct (no tunnel)`);
         const okDirect = await measure('direct', hops, round, async (c) => {
           const p = await pingTest(c);
-          hr.direct.rtt.push(p.avg);
+          hr.direct.rtt.push(p.median);
           hr.direct.loss.push(p.loss);
         });
         if (!okDirect) hr.direct.failures++;
@@ -738,7 +738,7 @@ async function inner(): Promise<number> {
             if (WARMUP > 0) await iperfOnce(c, WARMUP, false);
             r.tcp.push(await tcpTest(c));
             const p = await pingTest(c);
-            r.rtt.push(p.avg);
+            r.rtt.push(p.median);
             r.loss.push(p.loss);
           });
           if (!ok) r.failures++;
@@ -808,7 +808,7 @@ async function inner(): Promise<number> {
   out.push('');
   out.push(
     `## means of ${RUNS} run(s) — line topology cli – r1 – … – rN – dst, same for both; iperf3 ${DUR} s TCP -P 1 cli -> dst through the cascade, ` +
-      `ping -c ${PINGN} -i 0.02; added RTT per hop = (RTT - direct RTT on the same line) / N`,
+      `ping -c ${PINGN} -i 0.02 (median); added RTT per hop = (RTT - direct RTT on the same line) / N`,
   );
   out.push(
     '| hops | implementation | inner MTU | TCP P1 Mbit/s | RTT ms | direct RTT ms | added RTT per hop ms | busiest process (% of a core) | daemons CPU per 100 Mbit/s (% of a core) |',

@@ -540,11 +540,19 @@ export async function iperfRun(ns: string, target: string, streams: number, seco
 }
 
 /** ping -c count -i 0.02 from ns to target: average RTT (ms) and loss (%), NaN when unparsable. */
-export async function pingRun(ns: string, target: string, count: number): Promise<{ avg: number; loss: number }> {
-  const r = await run('ip', ['netns', 'exec', ns, 'ping', '-n', '-q', '-c', `${count}`, '-i', '0.02', '-W', '1', target], count * 0.02 + 20);
-  const m = /= [\d.]+\/([\d.]+)\/[\d.]+\/[\d.]+ ms/.exec(r.stdout);
+/**
+ * ping -c count -i 0.02 from ns: the median round trip (robust to the scheduling spikes of a
+ * shared machine, which move an average by more than the difference being measured), the
+ * average, and the loss.
+ */
+export async function pingRun(ns: string, target: string, count: number): Promise<{ median: number; avg: number; loss: number }> {
+  const r = await run('ip', ['netns', 'exec', ns, 'ping', '-n', '-c', `${count}`, '-i', '0.02', '-W', '1', target], count * 0.02 + 20);
+  const times = [...r.stdout.matchAll(/ time=([\d.]+) ms/g)].map((m) => Number(m[1])).sort((a, b) => a - b);
   const l = /([\d.]+)% packet loss/.exec(r.stdout);
-  return { avg: m ? Number(m[1]) : NaN, loss: l ? Number(l[1]) : NaN };
+  const mid = times.length >> 1;
+  const median = times.length === 0 ? NaN : times.length % 2 === 1 ? times[mid]! : (times[mid - 1]! + times[mid]!) / 2;
+  const avg = times.length === 0 ? NaN : times.reduce((a, b) => a + b, 0) / times.length;
+  return { median, avg, loss: l ? Number(l[1]) : NaN };
 }
 
 // ------------------------------------------------------------------ report helpers

@@ -6,7 +6,7 @@
  * (inner 10.78.0.1/24 <-> 10.78.0.2/24, MTU 1420), and measures through the tunnel:
  *
  *   TCP P1 / P4   iperf3 -t DUR -P 1 / -P 4, receiver throughput (end.sum_received)
- *   RTT           ping -c PINGN -i 0.02, average
+ *   RTT           ping -c PINGN -i 0.02, median
  *
  * Rounds alternate strata-wg / wireguard-go / strata-wg / wireguard-go ...; each pair is
  * torn down before the next is built, so only one implementation runs at a time. Values in
@@ -25,7 +25,7 @@
  * under timeout(1), background ones with a lifetime bound too, and all are stopped by PID and
  * the namespaces deleted on exit, on errors and on SIGINT/SIGTERM.
  *
- * Env knobs: RUNS=2 DUR=10 PINGN=50 WARMUP=3 WAIT_IDLE=60 IDLE_MAX=10 FOREIGN_MAX=15 RETRIES=2
+ * Env knobs: RUNS=2 DUR=10 PINGN=200 WARMUP=3 WAIT_IDLE=60 IDLE_MAX=10 FOREIGN_MAX=15 RETRIES=2
  *            WG_LOG=error KEEP=0 (KEEP=1 keeps the temporary directory with daemon logs)
  *            STRATA_WG=bin/strata-wg (another strata-wg build to measure, e.g. a snapshot).
  * Requires root, wireguard-go, wg, iperf3, ping, ip, unshare, mount, timeout, /dev/net/tun.
@@ -76,7 +76,7 @@ setBenchName('bench:wg');
 
 const RUNS = envInt('RUNS', 2, 1, 100);
 const DUR = envInt('DUR', 10, 1, 300);
-const PINGN = envInt('PINGN', 50, 1, 1000);
+const PINGN = envInt('PINGN', 200, 1, 2000);
 const WARMUP = envInt('WARMUP', 3, 0, 60);
 const WAIT_IDLE = envInt('WAIT_IDLE', 60, 0, 600);
 const IDLE_MAX = envInt('IDLE_MAX', 10, 1, 100);
@@ -277,10 +277,10 @@ async function tcpTest(pair: Pair, streams: number): Promise<TcpSample> {
   return s;
 }
 
-async function pingTest(pair: Pair): Promise<{ avg: number; loss: number }> {
+async function pingTest(pair: Pair): Promise<{ median: number; avg: number; loss: number }> {
   await waitQuiet();
   const res = await pingRun(pair.nsCli, TUN_SRV, PINGN);
-  log(`  ping: avg ${res.avg} ms, loss ${res.loss}%`);
+  log(`  ping: median ${res.median} ms, avg ${res.avg.toFixed(3)} ms, loss ${res.loss}%`);
   return res;
 }
 
@@ -332,7 +332,7 @@ async function inner(): Promise<number> {
           r.p1.push(await tcpTest(pair, 1));
           r.p4.push(await tcpTest(pair, 4));
           const p = await pingTest(pair);
-          r.rtt.push(p.avg);
+          r.rtt.push(p.median);
           r.loss.push(p.loss);
         } catch (e) {
           if (e instanceof Aborted || isAborting()) throw e;
@@ -387,7 +387,7 @@ async function inner(): Promise<number> {
     );
   }
   out.push('');
-  out.push(`## means of ${RUNS} run(s), iperf3 ${DUR} s TCP through the tunnel, ping -c ${PINGN} -i 0.02; throughput ratio = geometric mean of the TCP P1 and P4 ratios`);
+  out.push(`## means of ${RUNS} run(s), iperf3 ${DUR} s TCP through the tunnel, ping -c ${PINGN} -i 0.02 (median); throughput ratio = geometric mean of the TCP P1 and P4 ratios`);
   out.push('| implementation | TCP P1 Mbit/s | TCP P4 Mbit/s | RTT ms |');
   out.push('|---|---:|---:|---:|');
   for (const impl of IMPLS) {
