@@ -69,6 +69,17 @@ function destKey(addr: Uint8Array, port: number): number | string {
   return `${hex(addr)}|${port}`;
 }
 
+/** An endpoint's address as bytes, parsed once per endpoint object (binds reuse them per sender). */
+const endpointAddress = new WeakMap<UdpEndpoint, Uint8Array | null>();
+function endpointBytes(e: UdpEndpoint): Uint8Array | null {
+  let b = endpointAddress.get(e);
+  if (b === undefined) {
+    b = parseIP(e.address.split('%')[0]!);
+    endpointAddress.set(e, b);
+  }
+  return b;
+}
+
 export class RelayNode {
   readonly core: WireGuard<UdpEndpoint>;
   readonly stats: RelayStats = {
@@ -265,7 +276,7 @@ export class RelayNode {
 
   #onReply(peer: Peer<UdpEndpoint>, d: Uint8Array, from: UdpEndpoint): void {
     const f = this.#forwarders.get(peer);
-    const src = parseIP(from.address.split('%')[0]!);
+    const src = endpointBytes(from);
     const dest = f !== undefined && src !== null ? f.destinations.get(destKey(src, from.port)) : undefined;
     if (f === undefined || src === null || dest === undefined) {
       this.stats.unknownReplySources++;
