@@ -42,23 +42,26 @@ export interface RelayDaemonOptions {
 function zeroingCollector(): () => void {
   v8.setFlagsFromString('--clear-free-memory');
   v8.setFlagsFromString('--expose-gc');
-  type Gc = (options?: { type?: 'major' | 'minor'; execution?: 'sync'; flavor?: 'regular' | 'last-resort' }) => void;
+  type Gc = (options?: { type?: 'major' | 'minor'; execution?: 'sync' }) => void;
   const gc = vm.runInNewContext('gc') as Gc;
   let pending: NodeJS.Timeout | null = null;
   return () => {
     if (pending !== null) return;
     pending = setTimeout(() => {
       pending = null;
-      // Full collections sweep the old generation and zero what they free. The young
+      // Full collections sweep the old generation and zero what they free. Regular ones, not
+      // "last-resort": those shrink the young generation, and its released pages go to V8's
+      // page pool unzeroed, beyond the reach of the fill below (seen as a client address left
+      // in an entry relay's memory after expiry). The young
       // generation is copied, not swept: the half it was copied from still holds the dead
       // objects, so it is overwritten by filling the young generation with zeros, twice over.
-      gc({ type: 'major', execution: 'sync', flavor: 'last-resort' });
+      gc({ type: 'major', execution: 'sync' });
       for (let round = 0; round < 48; round++) {
         const filler: number[][] = [];
         for (let i = 0; i < 128; i++) filler.push(new Array<number>(1024).fill(0));
         filler.length = 0;
       }
-      gc({ type: 'major', execution: 'sync', flavor: 'last-resort' });
+      gc({ type: 'major', execution: 'sync' });
       // A collection may leave its sweeping (which is what zeroes the freed objects) to
       // background threads after it returns; the next full collection finishes it before it
       // starts, so one more leaves nothing dead and unzeroed behind.
