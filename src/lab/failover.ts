@@ -464,7 +464,9 @@ export function checkTunnelOnly(file: string, client: LabHost, relays: readonly 
       continue;
     }
     const icmpError = (p.protocol === 1 && (p.payload[0] === 3 || p.payload[0] === 11)) || (p.protocol === 58 && (p.payload[0] === 1 || p.payload[0] === 3));
-    if (icmpError && routers.has(src) && me.has(dst) && quotesTunnelPacket(p, client, relayAddrs)) {
+    // An ICMP error about one of the client's own tunnel datagrams, from a router on the way or
+    // from a relay's host (a relay's port closes as it is seized), is outer traffic of the tunnel.
+    if (icmpError && (routers.has(src) || relayAddrs.has(src)) && me.has(dst) && quotesTunnelPacket(p, client, relayAddrs)) {
       out.routerErrors++;
       if (out.routerErrorSamples.length < 3) out.routerErrorSamples.push(describe(p));
       continue;
