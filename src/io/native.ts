@@ -6,7 +6,8 @@
  * callback that produced them).
  */
 import { StrataError } from '../crypto/errors.ts';
-import { formatIP, parseIPv4 as parseV4, parseIPv6 as parseV6 } from '../wireguard/ip.ts';
+import { formatIP } from '../wireguard/ip.ts';
+import { endpointAddressBytes } from './address.ts';
 import { native, type NativeTunQueue, type NativeUdpSocket } from '../native/index.ts';
 import { LinuxTun } from './tun.ts';
 import type { Tun, UdpBind, UdpEndpoint } from './types.ts';
@@ -122,22 +123,6 @@ class Side {
   }
 }
 
-/** Address bytes of an endpoint, cached on the endpoint object itself. */
-const addrCache = new WeakMap<UdpEndpoint, Uint8Array>();
-function addrBytes(e: UdpEndpoint): Uint8Array | null {
-  let b = addrCache.get(e);
-  if (b === undefined) {
-    const a = e.address;
-    const pct = a.indexOf('%');
-    const text = pct < 0 ? a : a.slice(0, pct);
-    const parsed = e.family === 'IPv4' ? parseV4(text) : parseV6(text);
-    if (parsed === null) return null;
-    b = parsed;
-    addrCache.set(e, b);
-  }
-  return b;
-}
-
 /** Arena sizes: a device's main bind takes the defaults; a relay's per-client sockets less. */
 export interface BindSizes {
   rxSlots: number;
@@ -210,7 +195,7 @@ export class NativeUdpBind implements UdpBind {
 
   send(datagram: Uint8Array, to: UdpEndpoint): void {
     const side = to.family === 'IPv6' ? this.#v6 : this.#v4;
-    const addr = addrBytes(to);
+    const addr = endpointAddressBytes(to);
     if (side === null || addr === null) return;
     side.enqueue(datagram, to, addr);
   }

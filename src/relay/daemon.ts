@@ -49,12 +49,12 @@ function zeroingCollector(): () => void {
     if (pending !== null) return;
     pending = setTimeout(() => {
       pending = null;
-      // Full collections sweep the old generation and zero what they free. Regular ones, not
-      // "last-resort": those shrink the young generation, and its released pages go to V8's
-      // page pool unzeroed, beyond the reach of the fill below (seen as a client address left
-      // in an entry relay's memory after expiry). The young
+      // Full collections sweep the old generation and zero what they free. The young
       // generation is copied, not swept: the half it was copied from still holds the dead
       // objects, so it is overwritten by filling the young generation with zeros, twice over.
+      // Regular collections, not "last-resort" ones: those shrink the young generation and
+      // give its pages to V8's page pool unzeroed, out of the fill's reach (seen as a client
+      // address left in an entry relay's memory after expiry).
       gc({ type: 'major', execution: 'sync' });
       for (let round = 0; round < 48; round++) {
         const filler: number[][] = [];

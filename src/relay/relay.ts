@@ -13,6 +13,7 @@ import { WireGuard, type Outgoing } from '../wireguard/core.ts';
 import { parseIP } from '../wireguard/ip.ts';
 import type { Peer } from '../wireguard/peer.ts';
 import type { Tun, UdpBind, UdpEndpoint } from '../io/types.ts';
+import { endpointAddressBytes } from '../io/address.ts';
 import { WakeTimer } from '../device/waketimer.ts';
 import { hopAddresses, type HopAddresses } from '../cascade/addresses.ts';
 import type { Relay as RelayEntry } from '../cascade/relaylist.ts';
@@ -67,17 +68,6 @@ interface Forwarder {
 function destKey(addr: Uint8Array, port: number): number | string {
   if (addr.length === 4) return (((addr[0]! << 24) | (addr[1]! << 16) | (addr[2]! << 8) | addr[3]!) >>> 0) * 65536 + port;
   return `${hex(addr)}|${port}`;
-}
-
-/** An endpoint's address as bytes, parsed once per endpoint object (binds reuse them per sender). */
-const endpointAddress = new WeakMap<UdpEndpoint, Uint8Array | null>();
-function endpointBytes(e: UdpEndpoint): Uint8Array | null {
-  let b = endpointAddress.get(e);
-  if (b === undefined) {
-    b = parseIP(e.address.split('%')[0]!);
-    endpointAddress.set(e, b);
-  }
-  return b;
 }
 
 export class RelayNode {
@@ -276,7 +266,7 @@ export class RelayNode {
 
   #onReply(peer: Peer<UdpEndpoint>, d: Uint8Array, from: UdpEndpoint): void {
     const f = this.#forwarders.get(peer);
-    const src = endpointBytes(from);
+    const src = endpointAddressBytes(from);
     const dest = f !== undefined && src !== null ? f.destinations.get(destKey(src, from.port)) : undefined;
     if (f === undefined || src === null || dest === undefined) {
       this.stats.unknownReplySources++;
