@@ -36,6 +36,11 @@ export class AeadKey {
     return native !== null ? 'native' : 'node';
   }
 
+  /** The native context behind this key (a relay's fast path seals and opens with it), or null. */
+  get nativeHandle(): NativeAead | null {
+    return this.#native;
+  }
+
   get destroyed(): boolean {
     return !this.#live;
   }

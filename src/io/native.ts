@@ -184,7 +184,9 @@ export class NativeUdpBind implements UdpBind {
         // n < 0: the socket failed (it is not expected on UDP); nothing to deliver.
         for (let i = 0; i < n; i++) {
           const len = side.rxMeta[i * META]!;
-          if (len < 0) continue; // larger than a slot: not a WireGuard datagram we could take
+          // -1: larger than a slot, not a WireGuard datagram we could take; -2: taken by a
+          // relay's fast path.
+          if (len < 0) continue;
           on(side.rx.subarray(i * side.slot, i * side.slot + len), side.endpointOf(i));
         }
         // Senders' addresses do not stay in the arena once handled.
@@ -198,6 +200,11 @@ export class NativeUdpBind implements UdpBind {
     const addr = endpointAddressBytes(to);
     if (side === null || addr === null) return;
     side.enqueue(datagram, to, addr);
+  }
+
+  /** The native sockets, for a relay's fast path to attach to. */
+  nativeSockets(): NativeUdpSocket[] {
+    return [this.#v4, this.#v6].flatMap((s) => (s === null ? [] : [s.sock]));
   }
 
   forget(endpoint: UdpEndpoint): void {
@@ -259,12 +266,18 @@ export class NativeTun implements Tun {
       }
       for (let i = 0; i < n; i++) {
         const len = this.#rxMeta[i * META]!;
+        if (len < 0) continue; // taken by a relay's fast path
         const packet = this.#rx.subarray(i * SLOT, i * SLOT + len);
         onPacket(packet);
         // A TUN packet is plaintext: it does not stay in the arena once handled.
         packet.fill(0);
       }
     });
+  }
+
+  /** The native queue, for a relay's fast path to attach to. */
+  get nativeQueue(): NativeTunQueue {
+    return this.#queue;
   }
 
   write(packet: Uint8Array): void {

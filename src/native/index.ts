@@ -27,7 +27,40 @@ export interface NativeTunQueue {
   fd(): number;
 }
 
+/**
+ * A relay's transport-data fast path (see src/native/strata.cc, "Express"). Per-peer events
+ * (Float64Array(11)): rx packets, rx data packets, tx packets, tx data packets, rx bytes,
+ * tx bytes, then the sequence numbers of the last rx, rx data, tx and tx data event, then the
+ * family (4|6) of a forward socket it lacked. Stats (Float64Array(9)): forwarded packets and
+ * payload bytes, replies, exit packets, refused forwards, unknown reply sources, decrypt
+ * failures, replays, inner packets dropped.
+ */
+export interface NativeExpress {
+  attach(target: NativeUdpSocket | NativeTunQueue): void;
+  setAllowed(records: Uint8Array): void;
+  addPeer(id: number, endpoint: Int32Array, v4: Uint8Array, v6: Uint8Array, events: Float64Array): void;
+  setEndpoint(id: number, endpoint: Int32Array): void;
+  setForward(id: number, socket: NativeUdpSocket): void;
+  removePeer(id: number): void;
+  addSession(
+    peerId: number,
+    localIndex: number,
+    remoteIndex: number,
+    send: NativeAead,
+    recv: NativeAead,
+    counter: BigUint64Array,
+    replayLast: BigUint64Array,
+    replayRing: Uint32Array,
+    rxMs: number,
+    txMs: number,
+    current: boolean,
+  ): void;
+  removeSession(localIndex: number): void;
+  destroy(): void;
+}
+
 export interface NativeAddon {
+  Express: new (stats: Float64Array, mtu: number, rekeyAfterMessages: bigint, rejectAfterMessages: bigint, replayWindow: bigint) => NativeExpress;
   Aead: new (key: Uint8Array) => NativeAead;
   UdpSocket: new (
     family: 4 | 6,

@@ -6,6 +6,10 @@
 //   UdpSocket  a non-blocking UDP socket polled by libuv, reading with recvmmsg and writing
 //              with sendmmsg through shared slot arenas; SO_MARK.
 //   TunQueue   a non-blocking TUN descriptor polled by libuv, reading batches of packets.
+//   Express    a relay's transport-data fast path: data messages of sessions JavaScript hands
+//              over are opened, checked and forwarded (or written to the exit TUN), and replies
+//              sealed and sent back, inside the poll callback; everything else still goes to
+//              JavaScript, which keeps handshakes, timers and the decision of what to hand over.
 //
 // Secrets: key bytes are copied into OpenSSL contexts and the caller's copy is left to the
 // caller to wipe; contexts are freed (and OpenSSL cleanses them) on destroy or collection.
@@ -22,7 +26,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <set>
+#include <unordered_map>
 #include <vector>
 
 #define CHECK(call)                                                     \
@@ -259,8 +267,13 @@ static void ArenaRelease(napi_env env, Arena* a) {
   a->dataRef = a->metaRef = nullptr;
 }
 
+struct Express;
+struct XPeer;
+
 struct Polled {
   napi_env env = nullptr;
+  Express* express = nullptr;  // set while an Express is attached (a relay's sockets and TUN)
+  XPeer* xpeer = nullptr;      // for a client's forward socket: whose replies it carries
   int fd = -1;
   uv_poll_t* poll = nullptr;
   napi_ref callback = nullptr;
@@ -366,6 +379,8 @@ static void WriteAddr(int32_t* meta, const sockaddr_storage* sa) {
   memcpy(&meta[4], bytes, 16);
 }
 
+static int ExpressFilter(Polled* p, int n);
+
 static void OnReadable(uv_poll_t* handle, int status, int events) {
   auto* p = static_cast<Polled*>(handle->data);
   if (status < 0) {
@@ -420,7 +435,8 @@ static void OnReadable(uv_poll_t* handle, int status, int events) {
       n = r;
     }
     if (n == 0) break;
-    Deliver(p, n);
+    // The fast path takes what it can; JavaScript is entered only for the rest.
+    if (p->express == nullptr || ExpressFilter(p, n) > 0) Deliver(p, n);
     if (static_cast<size_t>(n) < p->rx.slots) break;
   }
 }
@@ -593,6 +609,29 @@ static void WritePktinfo(Polled* p, msghdr* h, const int32_t* meta, uint8_t* con
   }
 }
 
+// Sets up one outgoing message to the address in `meta` (slot layout), from its local address.
+static void FillMsg(Polled* p, msghdr* h, iovec* iov, sockaddr_in6* addr, const int32_t* meta, uint8_t* control) {
+  memset(h, 0, sizeof(msghdr));
+  memset(addr, 0, sizeof(sockaddr_in6));
+  if (p->family == 4) {
+    auto* a = reinterpret_cast<sockaddr_in*>(addr);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(static_cast<uint16_t>(meta[2]));
+    memcpy(&a->sin_addr, &meta[4], 4);
+    h->msg_namelen = sizeof(sockaddr_in);
+  } else {
+    addr->sin6_family = AF_INET6;
+    addr->sin6_port = htons(static_cast<uint16_t>(meta[2]));
+    memcpy(&addr->sin6_addr, &meta[4], 16);
+    addr->sin6_scope_id = static_cast<uint32_t>(meta[3]);
+    h->msg_namelen = sizeof(sockaddr_in6);
+  }
+  h->msg_name = addr;
+  h->msg_iov = iov;
+  h->msg_iovlen = 1;
+  WritePktinfo(p, h, meta, control);
+}
+
 // send(count): sends tx slots 0..count-1 with sendmmsg; returns how many went out
 static napi_value UdpSend(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -611,25 +650,7 @@ static napi_value UdpSend(napi_env env, napi_callback_info info) {
     const int32_t* meta = p->tx.meta + i * kMeta;
     iovs[i].iov_base = p->tx.data + static_cast<size_t>(i) * p->tx.slotSize;
     iovs[i].iov_len = static_cast<size_t>(meta[0]) <= p->tx.slotSize ? meta[0] : 0;
-    memset(&msgs[i].msg_hdr, 0, sizeof(msghdr));
-    memset(&addrs[i], 0, sizeof(sockaddr_in6));
-    if (p->family == 4) {
-      auto* a = reinterpret_cast<sockaddr_in*>(&addrs[i]);
-      a->sin_family = AF_INET;
-      a->sin_port = htons(static_cast<uint16_t>(meta[2]));
-      memcpy(&a->sin_addr, &meta[4], 4);
-      msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in);
-    } else {
-      addrs[i].sin6_family = AF_INET6;
-      addrs[i].sin6_port = htons(static_cast<uint16_t>(meta[2]));
-      memcpy(&addrs[i].sin6_addr, &meta[4], 16);
-      addrs[i].sin6_scope_id = static_cast<uint32_t>(meta[3]);
-      msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in6);
-    }
-    msgs[i].msg_hdr.msg_name = &addrs[i];
-    msgs[i].msg_hdr.msg_iov = &iovs[i];
-    msgs[i].msg_hdr.msg_iovlen = 1;
-    WritePktinfo(p, &msgs[i].msg_hdr, meta, p->control.data() + i * kControl);
+    FillMsg(p, &msgs[i].msg_hdr, &iovs[i], &addrs[i], meta, p->control.data() + i * kControl);
   }
   int sent = 0;
   while (sent < count) {
@@ -710,6 +731,692 @@ static napi_value TunWrite(napi_env env, napi_callback_info info) {
 }
 
 // ------------------------------------------------------------------------------------------
+// Express: a relay's transport-data fast path.
+//
+// JavaScript hands over a client ("peer": its endpoint, its inner hop addresses, its forward
+// sockets) and the responder sessions it has confirmed (keys, and the send counter and replay
+// window as shared typed arrays, so both sides keep one state). For those, data messages are
+// opened, replay-checked, source-checked and forwarded to an allowed next hop (or written to the
+// exit TUN) right here; replies from the next hop and packets from the TUN are sealed and sent
+// back. Whatever this cannot take whole (handshakes, unknown indices, a datagram from a new
+// address, a session near its limits) goes to JavaScript untouched, which keeps timers,
+// roaming and rekeying. Events are counted per peer for JavaScript to fold into its timers.
+// Nothing here logs; a peer's addresses are wiped when it is removed.
+
+static const int kEv = 11;     // per-peer events, see XEvent
+static const int kStats = 9;   // aggregate counters, see XStat
+
+enum XEvent { kRxPackets, kRxData, kTxPackets, kTxData, kRxBytes, kTxBytes, kLastRx, kLastRxData, kLastTx, kLastTxData, kWantForward };
+enum XStat { kForwarded, kForwardedBytes, kReplies, kExit, kRefused, kUnused, kDecryptFail, kReplay, kInnerDrop };
+
+using Addr16 = std::array<uint8_t, 16>;
+using NextHop = std::array<uint8_t, 19>;  // family, address (16), port (big-endian)
+
+struct XSession;
+
+struct XDest {
+  NextHop hop;
+  uint16_t clientPort;
+};
+
+struct XPeer {
+  uint32_t id = 0;
+  int32_t ep[kMeta] = {0};  // the client's endpoint, slot-meta layout
+  uint8_t v4[4] = {0};
+  Addr16 v6{};
+  Polled* fwd[2] = {nullptr, nullptr};
+  napi_ref fwdRef[2] = {nullptr, nullptr};
+  std::vector<XDest> dests;
+  XSession* send = nullptr;  // the current session, used to seal replies
+  double* ev = nullptr;
+  napi_ref evRef = nullptr;
+};
+
+struct XSession {
+  uint32_t localIndex = 0, remoteIndex = 0;
+  XPeer* peer = nullptr;
+  Aead* sendKey = nullptr;
+  Aead* recvKey = nullptr;
+  uint64_t* counter = nullptr;     // BigUint64Array(1), the next counter to send
+  uint64_t* replayLast = nullptr;  // BigUint64Array(1)
+  uint32_t* ring = nullptr;        // Uint32Array(256)
+  uint64_t rxUntil = 0, txUntil = 0;  // uv_hrtime deadlines
+  std::vector<napi_ref> refs;
+};
+
+struct Express {
+  napi_env env = nullptr;
+  Polled* main[2] = {nullptr, nullptr};
+  Polled* tun = nullptr;
+  std::vector<napi_ref> attachedRefs;
+  std::unordered_map<uint32_t, XSession*> byIndex;
+  std::unordered_map<uint32_t, XPeer*> peers;
+  std::unordered_map<uint32_t, XPeer*> byV4;
+  std::map<Addr16, XPeer*> byV6;
+  std::set<NextHop> allowed;
+  double* stats = nullptr;
+  napi_ref statsRef = nullptr;
+  int mtu = 0;
+  uint64_t rekeyAfterMessages = 0, rejectAfterMessages = 0, replayWindow = 0;
+  double seq = 0;
+  std::vector<uint8_t> scratch;
+  uint8_t control[kControl];
+};
+
+static inline uint32_t Le32(const uint8_t* p) { return p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24); }
+static inline uint64_t Le64(const uint8_t* p) { return Le32(p) | (static_cast<uint64_t>(Le32(p + 4)) << 32); }
+static inline void PutLe32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = static_cast<uint8_t>(v >> (8 * i)); }
+static inline void PutLe64(uint8_t* p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = static_cast<uint8_t>(v >> (8 * i)); }
+static inline uint16_t Be16(const uint8_t* p) { return static_cast<uint16_t>((p[0] << 8) | p[1]); }
+static inline void PutBe16(uint8_t* p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+
+static NextHop HopKey(int family, const uint8_t* addr, uint16_t port) {
+  NextHop k{};
+  k[0] = static_cast<uint8_t>(family);
+  memcpy(&k[1], addr, family == 4 ? 4 : 16);
+  PutBe16(&k[17], port);
+  return k;
+}
+
+// The replay window of src/wireguard/replay.ts (RFC 6479, 8192-bit ring), on the same memory.
+static bool ReplayValidate(XSession* s, uint64_t counter, uint64_t limit, uint64_t window) {
+  if (counter >= limit) return false;
+  uint64_t block = counter >> 5;
+  uint64_t last = *s->replayLast;
+  if (counter > last) {
+    uint64_t current = last >> 5;
+    uint64_t diff = block - current;
+    if (diff > 256) diff = 256;
+    size_t i = (current + 1) & 255;
+    for (uint64_t k = 0; k < diff; k++) {
+      s->ring[i] = 0;
+      i = (i + 1) & 255;
+    }
+    *s->replayLast = counter;
+  } else if (last - counter > window) {
+    return false;
+  }
+  size_t index = block & 255;
+  uint32_t bit = 1u << (counter & 31);
+  if (s->ring[index] & bit) return false;
+  s->ring[index] |= bit;
+  return true;
+}
+
+static bool XOpen(Aead* a, uint64_t counter, uint8_t* data, size_t sealedLen) {
+  uint8_t nonce[12];
+  Nonce(nonce, counter);
+  size_t n = sealedLen - 16;
+  uint8_t tag[16];
+  memcpy(tag, data + n, 16);
+  int outl = 0, fin = 0;
+  bool ok = EVP_DecryptInit_ex(a->dec, nullptr, nullptr, nullptr, nonce) == 1 &&
+            EVP_CIPHER_CTX_ctrl(a->dec, EVP_CTRL_AEAD_SET_TAG, 16, tag) == 1 &&
+            EVP_DecryptUpdate(a->dec, data, &outl, data, static_cast<int>(n)) == 1 &&
+            EVP_DecryptFinal_ex(a->dec, data + outl, &fin) == 1;
+  if (!ok) OPENSSL_cleanse(data, n);
+  return ok;
+}
+
+static void Event(Express* x, XPeer* peer, bool rx, bool data, size_t bytes) {
+  double* e = peer->ev;
+  double seq = ++x->seq;
+  if (rx) {
+    e[kRxPackets]++;
+    e[kRxBytes] += static_cast<double>(bytes);
+    e[kLastRx] = seq;
+    if (data) e[kRxData]++, e[kLastRxData] = seq;
+  } else {
+    e[kTxPackets]++;
+    e[kTxBytes] += static_cast<double>(bytes);
+    e[kLastTx] = seq;
+    if (data) e[kTxData]++, e[kLastTxData] = seq;
+  }
+}
+
+// Sends one datagram from socket `s` to the address in `meta` (slot layout).
+static void SendOne(Express* x, Polled* s, const int32_t* meta, uint8_t* data, size_t len) {
+  if (s == nullptr || s->fd < 0) return;
+  msghdr h;
+  iovec iov{data, len};
+  sockaddr_in6 addr;
+  FillMsg(s, &h, &iov, &addr, meta, x->control);
+  for (;;) {
+    if (sendmsg(s->fd, &h, MSG_DONTWAIT) >= 0 || errno == EAGAIN || errno == EWOULDBLOCK) break;
+    if (errno == EINTR) continue;
+    if (h.msg_control == nullptr) break;
+    h.msg_control = nullptr;  // the local address is gone: let the kernel choose (as UdpSend)
+    h.msg_controllen = 0;
+  }
+  OPENSSL_cleanse(&addr, sizeof addr);
+  OPENSSL_cleanse(x->control, kControl);
+}
+
+// Whether a session may still seal: the limits of the core's fast path (src/wireguard/core.ts).
+static bool MaySend(Express* x, XSession* s, uint64_t now) {
+  return s != nullptr && s->sendKey->enc != nullptr && *s->counter < x->rekeyAfterMessages && now < s->txUntil;
+}
+
+// Seals `n` bytes at scratch+16 in place as a transport message of session `s` and sends it
+// to the peer's endpoint from the main socket of its family.
+static void SealAndSend(Express* x, XSession* s, size_t n) {
+  XPeer* peer = s->peer;
+  size_t unit = n;
+  size_t mtu = static_cast<size_t>(x->mtu);
+  if (mtu > 0 && unit > mtu) unit %= mtu;
+  size_t padded = (unit + 15) & ~static_cast<size_t>(15);
+  if (mtu > 0 && padded > mtu) padded = mtu;
+  size_t pad = padded - unit;
+  uint8_t* d = x->scratch.data();
+  memset(d + 16 + n, 0, pad);
+  uint64_t counter = (*s->counter)++;
+  d[0] = 4;
+  d[1] = d[2] = d[3] = 0;
+  PutLe32(d + 4, s->remoteIndex);
+  PutLe64(d + 8, counter);
+  uint8_t nonce[12];
+  Nonce(nonce, counter);
+  int outl = 0, fin = 0;
+  size_t body = n + pad;
+  bool ok = EVP_EncryptInit_ex(s->sendKey->enc, nullptr, nullptr, nullptr, nonce) == 1 &&
+            EVP_EncryptUpdate(s->sendKey->enc, d + 16, &outl, d + 16, static_cast<int>(body)) == 1 &&
+            EVP_EncryptFinal_ex(s->sendKey->enc, d + 16 + outl, &fin) == 1 &&
+            EVP_CIPHER_CTX_ctrl(s->sendKey->enc, EVP_CTRL_AEAD_GET_TAG, 16, d + 16 + body) == 1;
+  if (!ok) {
+    OPENSSL_cleanse(d, 16 + body);
+    return;
+  }
+  size_t total = 16 + body + 16;
+  SendOne(x, x->main[peer->ep[1] == 4 ? 0 : 1], peer->ep, d, total);
+  Event(x, peer, false, n > 0, total);
+}
+
+static bool SameEndpoint(const int32_t* a, const int32_t* b) {
+  if (a[1] != b[1] || a[2] != b[2] || memcmp(&a[4], &b[4], 16) != 0 || a[8] != b[8]) return false;
+  return a[8] != 1 || (a[9] == b[9] && memcmp(&a[10], &b[10], 16) == 0);
+}
+
+// A datagram on a main socket: a data message of a handed-over session, from its endpoint.
+static bool XFromClient(Express* x, const int32_t* meta, uint8_t* d, size_t len) {
+  if (len < 32 || d[0] != 4 || d[1] != 0 || d[2] != 0 || d[3] != 0) return false;
+  auto it = x->byIndex.find(Le32(d + 4));
+  if (it == x->byIndex.end()) return false;
+  XSession* s = it->second;
+  XPeer* peer = s->peer;
+  if (!SameEndpoint(peer->ep, meta) || s->recvKey->dec == nullptr || uv_hrtime() >= s->rxUntil) return false;
+  uint64_t counter = Le64(d + 8);
+  uint8_t* p = d + 16;
+  if (!XOpen(s->recvKey, counter, p, len - 16)) {
+    x->stats[kDecryptFail]++;
+    return true;
+  }
+  size_t n = len - 32;
+  if (!ReplayValidate(s, counter, x->rejectAfterMessages, x->replayWindow)) {
+    x->stats[kReplay]++;
+    return true;
+  }
+  Event(x, peer, true, n > 0, len);
+  if (n == 0) return true;  // a keepalive
+  // The inner packet: trimmed to its IP length, its source the client's own hop address.
+  int version = p[0] >> 4;
+  size_t total;
+  if (version == 4 && n >= 20) {
+    total = Be16(p + 2);
+    if (total > n || total < 20 || memcmp(p + 12, peer->v4, 4) != 0) total = 0;
+  } else if (version == 6 && n >= 40) {
+    total = Be16(p + 4) + 40;
+    if (total > n || memcmp(p + 8, peer->v6.data(), 16) != 0) total = 0;
+  } else {
+    total = 0;
+  }
+  if (total == 0) {
+    x->stats[kInnerDrop]++;
+    return true;
+  }
+  // UDP to a relay this one may forward to (the rule of src/cascade/udpip.ts parseUdp): out
+  // through the client's own socket for that family.
+  size_t u = 0;
+  if (version == 4) {
+    size_t ihl = (p[0] & 0x0f) * 4;
+    if (ihl >= 20 && total >= ihl + 8 && p[9] == 17 && ((p[6] & 0x3f) | p[7]) == 0) u = ihl;
+  } else if (total >= 48 && p[6] == 17) {
+    u = 40;
+  }
+  if (u != 0) {
+    size_t udpLen = Be16(p + u + 4);
+    if (udpLen >= 8 && u + udpLen <= total) {
+      const uint8_t* dst = p + (version == 4 ? 16 : 24);
+      NextHop hop = HopKey(version, dst, Be16(p + u + 2));
+      if (x->allowed.count(hop) != 0) {
+        Polled* out = peer->fwd[version == 4 ? 0 : 1];
+        if (out == nullptr || out->fd < 0) {
+          // Dropped; JavaScript opens the socket at its next sync (see src/relay/relay.ts).
+          x->stats[kRefused]++;
+          peer->ev[kWantForward] = version;
+          return true;
+        }
+        uint16_t clientPort = Be16(p + u);
+        bool known = false;
+        for (XDest& dd : peer->dests)
+          if (dd.hop == hop) dd.clientPort = clientPort, known = true;
+        if (!known) peer->dests.push_back({hop, clientPort});
+        int32_t to[kMeta] = {0};
+        to[1] = version;
+        to[2] = Be16(p + u + 2);
+        memcpy(&to[4], dst, version == 4 ? 4 : 16);
+        SendOne(x, out, to, p + u + 8, udpLen - 8);
+        x->stats[kForwarded]++;
+        x->stats[kForwardedBytes] += static_cast<double>(udpLen - 8);
+        return true;
+      }
+    }
+  }
+  if (x->tun != nullptr && x->tun->fd >= 0) {
+    ssize_t r;
+    do r = write(x->tun->fd, p, total);
+    while (r < 0 && errno == EINTR);
+    x->stats[kExit]++;
+    return true;
+  }
+  x->stats[kRefused]++;
+  return true;
+}
+
+// A datagram on a client's forward socket: a reply from a next hop it wrote to.
+static bool XFromNext(Express* x, XPeer* peer, const int32_t* meta, const uint8_t* d, size_t len) {
+  int family = meta[1];
+  NextHop hop = HopKey(family, reinterpret_cast<const uint8_t*>(&meta[4]), static_cast<uint16_t>(meta[2]));
+  const XDest* dest = nullptr;
+  for (const XDest& dd : peer->dests)
+    if (dd.hop == hop) dest = &dd;
+  // A next hop native code has not written to (JavaScript may have, before the hand-over):
+  // JavaScript maps it, or counts it unknown.
+  if (dest == nullptr) return false;
+  XSession* s = peer->send;
+  size_t ipLen = family == 4 ? 20 : 40;
+  size_t udpLen = 8 + len;
+  if (!MaySend(x, s, uv_hrtime()) || 16 + ipLen + udpLen + 32 > x->scratch.size()) return false;
+  // The reply as the client's layer expects it: from the next hop to the client's hop address
+  // (src/cascade/udpip.ts buildUdp; no UDP checksum over IPv4, a full one over IPv6).
+  uint8_t* ip = x->scratch.data() + 16;
+  memset(ip, 0, ipLen + 8);
+  const uint8_t* src = reinterpret_cast<const uint8_t*>(&meta[4]);
+  uint8_t* udp = ip + ipLen;
+  if (family == 4) {
+    ip[0] = 0x45;
+    PutBe16(ip + 2, static_cast<uint16_t>(ipLen + udpLen));
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    memcpy(ip + 12, src, 4);
+    memcpy(ip + 16, peer->v4, 4);
+    uint32_t sum = 0;
+    for (size_t i = 0; i < 20; i += 2) sum += Be16(ip + i);
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >> 16);
+    PutBe16(ip + 10, static_cast<uint16_t>(~sum & 0xffff));
+  } else {
+    ip[0] = 0x60;
+    PutBe16(ip + 4, static_cast<uint16_t>(udpLen));
+    ip[6] = 17;
+    ip[7] = 64;
+    memcpy(ip + 8, src, 16);
+    memcpy(ip + 24, peer->v6.data(), 16);
+  }
+  PutBe16(udp, static_cast<uint16_t>(meta[2]));
+  PutBe16(udp + 2, dest->clientPort);
+  PutBe16(udp + 4, static_cast<uint16_t>(udpLen));
+  memcpy(udp + 8, d, len);
+  if (family == 6) {
+    uint64_t sum = 17 + udpLen;
+    for (size_t i = 8; i < 40; i += 2) sum += Be16(ip + i);
+    for (size_t i = 0; i + 1 < udpLen; i += 2) sum += Be16(udp + i);
+    if (udpLen & 1) sum += static_cast<uint32_t>(udp[udpLen - 1]) << 8;
+    while (sum > 0xffff) sum = (sum & 0xffff) + (sum >> 16);
+    uint16_t c = static_cast<uint16_t>(~sum & 0xffff);
+    PutBe16(udp + 6, c == 0 ? 0xffff : c);
+  }
+  SealAndSend(x, s, ipLen + udpLen);
+  x->stats[kReplies]++;
+  return true;
+}
+
+// A packet from the exit TUN, for a client whose hop address it is sent to.
+static bool XFromTun(Express* x, const uint8_t* d, size_t len) {
+  XPeer* peer = nullptr;
+  int version = len > 0 ? d[0] >> 4 : 0;
+  if (version == 4 && len >= 20) {
+    auto it = x->byV4.find(Le32(d + 16));
+    if (it != x->byV4.end()) peer = it->second;
+  } else if (version == 6 && len >= 40) {
+    Addr16 a;
+    memcpy(a.data(), d + 24, 16);
+    auto it = x->byV6.find(a);
+    if (it != x->byV6.end()) peer = it->second;
+  }
+  if (peer == nullptr || !MaySend(x, peer->send, uv_hrtime()) || 16 + len + 32 > x->scratch.size()) return false;
+  memcpy(x->scratch.data() + 16, d, len);
+  SealAndSend(x, peer->send, len);
+  return true;
+}
+
+static int ExpressFilter(Polled* p, int n) {
+  Express* x = p->express;
+  int left = 0;
+  for (int i = 0; i < n; i++) {
+    int32_t* meta = p->rx.meta + i * kMeta;
+    uint8_t* d = p->rx.data + static_cast<size_t>(i) * p->rx.slotSize;
+    int32_t len = meta[0];
+    bool done = false;
+    if (len >= 0) {
+      if (p->isTun) done = XFromTun(x, d, len);
+      else if (p->xpeer != nullptr) done = XFromNext(x, p->xpeer, meta, d, len);
+      else done = XFromClient(x, meta, d, len);
+    }
+    if (done) {
+      // Taken here: no plaintext and no address stays in the arena; JavaScript skips it.
+      OPENSSL_cleanse(d, len);
+      OPENSSL_cleanse(meta, kMeta * sizeof(int32_t));
+      meta[0] = -2;
+    } else {
+      left++;
+    }
+  }
+  return left;
+}
+
+static void XSessionFree(napi_env env, XSession* s) {
+  for (napi_ref r : s->refs) napi_delete_reference(env, r);
+  delete s;
+}
+
+static void XRemoveSession(Express* x, uint32_t index) {
+  auto it = x->byIndex.find(index);
+  if (it == x->byIndex.end()) return;
+  XSession* s = it->second;
+  x->byIndex.erase(it);
+  if (s->peer->send == s) s->peer->send = nullptr;
+  XSessionFree(x->env, s);
+}
+
+static void XRemovePeer(Express* x, uint32_t id) {
+  auto it = x->peers.find(id);
+  if (it == x->peers.end()) return;
+  XPeer* peer = it->second;
+  x->peers.erase(it);
+  for (auto s = x->byIndex.begin(); s != x->byIndex.end();) {
+    if (s->second->peer == peer) {
+      XSessionFree(x->env, s->second);
+      s = x->byIndex.erase(s);
+    } else {
+      ++s;
+    }
+  }
+  auto v4 = x->byV4.find(Le32(peer->v4));
+  if (v4 != x->byV4.end() && v4->second == peer) x->byV4.erase(v4);
+  auto v6 = x->byV6.find(peer->v6);
+  if (v6 != x->byV6.end() && v6->second == peer) x->byV6.erase(v6);
+  for (int f = 0; f < 2; f++) {
+    if (peer->fwd[f]) peer->fwd[f]->express = nullptr, peer->fwd[f]->xpeer = nullptr;
+    if (peer->fwdRef[f]) napi_delete_reference(x->env, peer->fwdRef[f]);
+  }
+  if (peer->evRef) napi_delete_reference(x->env, peer->evRef);
+  // The client's endpoint, hop addresses and next hops do not outlive it.
+  if (!peer->dests.empty()) OPENSSL_cleanse(peer->dests.data(), peer->dests.size() * sizeof(XDest));
+  OPENSSL_cleanse(peer->ep, sizeof peer->ep);
+  OPENSSL_cleanse(peer->v4, sizeof peer->v4);
+  OPENSSL_cleanse(peer->v6.data(), 16);
+  delete peer;
+}
+
+static void XDestroy(Express* x) {
+  std::vector<uint32_t> ids;
+  for (auto& kv : x->peers) ids.push_back(kv.first);
+  for (uint32_t id : ids) XRemovePeer(x, id);
+  for (Polled* p : {x->main[0], x->main[1], x->tun})
+    if (p) p->express = nullptr;
+  x->main[0] = x->main[1] = x->tun = nullptr;
+  for (napi_ref r : x->attachedRefs) napi_delete_reference(x->env, r);
+  x->attachedRefs.clear();
+  if (x->statsRef) napi_delete_reference(x->env, x->statsRef);
+  x->statsRef = nullptr;
+  x->allowed.clear();
+  OPENSSL_cleanse(x->scratch.data(), x->scratch.size());
+}
+
+static void ExpressFinalize(napi_env, void* data, void*) {
+  auto* x = static_cast<Express*>(data);
+  XDestroy(x);
+  delete x;
+}
+
+static Express* ExpressThis(napi_env env, napi_callback_info info, size_t* argc, napi_value* argv) {
+  napi_value self;
+  void* data = nullptr;
+  if (napi_get_cb_info(env, info, argc, argv, &self, nullptr) != napi_ok) return nullptr;
+  if (napi_unwrap(env, self, &data) != napi_ok || !data) return nullptr;
+  return static_cast<Express*>(data);
+}
+
+static bool Unwrapped(napi_env env, napi_value v, void** out) {
+  napi_valuetype t;
+  return napi_typeof(env, v, &t) == napi_ok && t == napi_object && napi_unwrap(env, v, out) == napi_ok && *out != nullptr;
+}
+
+#define ARGS_ERROR(what)                                      \
+  do {                                                        \
+    napi_throw_type_error(env, "ERR_ARGS", "Express: " what); \
+    return nullptr;                                           \
+  } while (0)
+
+// Express(stats: Float64Array(9), mtu, rekeyAfterMessages, rejectAfterMessages, replayWindow)
+static napi_value ExpressNew(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], self;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &self, nullptr));
+  uint8_t* stats;
+  size_t statsLen;
+  int32_t mtu;
+  uint64_t rekey, reject, window;
+  if (argc < 5 || !Bytes(env, argv[0], &stats, &statsLen) || statsLen < kStats * sizeof(double) || !I32(env, argv[1], &mtu) ||
+      !U64(env, argv[2], &rekey) || !U64(env, argv[3], &reject) || !U64(env, argv[4], &window) || mtu < 0 ||
+      reinterpret_cast<uintptr_t>(stats) % 8 != 0)
+    ARGS_ERROR("bad arguments");
+  auto* x = new Express();
+  x->env = env;
+  x->stats = reinterpret_cast<double*>(stats);
+  napi_create_reference(env, argv[0], 1, &x->statsRef);
+  x->mtu = mtu;
+  x->rekeyAfterMessages = rekey;
+  x->rejectAfterMessages = reject;
+  x->replayWindow = window;
+  x->scratch.resize(65536 + 128);
+  CHECK(napi_wrap(env, self, x, ExpressFinalize, nullptr, nullptr));
+  return self;
+}
+
+// attach(socketOrTun): takes data messages from a relay's main socket (or its exit TUN)
+static napi_value ExpressAttach(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  void* data;
+  if (!x || argc < 1 || !Unwrapped(env, argv[0], &data)) ARGS_ERROR("attach: not a socket or TUN");
+  auto* p = static_cast<Polled*>(data);
+  if (p->isTun) x->tun = p;
+  else if (p->family == 4) x->main[0] = p;
+  else x->main[1] = p;
+  p->express = x;
+  napi_ref r;
+  napi_create_reference(env, argv[0], 1, &r);
+  x->attachedRefs.push_back(r);
+  return nullptr;
+}
+
+// setAllowed(records: Uint8Array): 19-byte records (family, address 16, port big-endian)
+static napi_value ExpressSetAllowed(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  uint8_t* rec;
+  size_t len;
+  if (!x || argc < 1 || !Bytes(env, argv[0], &rec, &len) || len % 19 != 0) ARGS_ERROR("setAllowed: bad records");
+  x->allowed.clear();
+  for (size_t i = 0; i < len; i += 19) {
+    NextHop k;
+    memcpy(k.data(), rec + i, 19);
+    x->allowed.insert(k);
+  }
+  return nullptr;
+}
+
+static bool EndpointMeta(napi_env env, napi_value v, int32_t out[kMeta]) {
+  uint8_t* m;
+  size_t len;
+  if (!Bytes(env, v, &m, &len) || len < kMeta * sizeof(int32_t)) return false;
+  memcpy(out, m, kMeta * sizeof(int32_t));
+  return out[1] == 4 || out[1] == 6;
+}
+
+// addPeer(id, endpoint: Int32Array(16), v4, v6, events: Float64Array(11))
+static napi_value ExpressAddPeer(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  uint32_t id;
+  uint8_t *v4, *v6, *ev;
+  size_t v4Len, v6Len, evLen;
+  int32_t ep[kMeta];
+  if (!x || argc < 5 || napi_get_value_uint32(env, argv[0], &id) != napi_ok || !EndpointMeta(env, argv[1], ep) ||
+      !Bytes(env, argv[2], &v4, &v4Len) || v4Len != 4 || !Bytes(env, argv[3], &v6, &v6Len) || v6Len != 16 ||
+      !Bytes(env, argv[4], &ev, &evLen) || evLen < kEv * sizeof(double) || reinterpret_cast<uintptr_t>(ev) % 8 != 0)
+    ARGS_ERROR("addPeer: bad arguments");
+  XRemovePeer(x, id);
+  auto* peer = new XPeer();
+  peer->id = id;
+  memcpy(peer->ep, ep, sizeof ep);
+  memcpy(peer->v4, v4, 4);
+  memcpy(peer->v6.data(), v6, 16);
+  peer->ev = reinterpret_cast<double*>(ev);
+  napi_create_reference(env, argv[4], 1, &peer->evRef);
+  x->peers[id] = peer;
+  x->byV4[Le32(peer->v4)] = peer;
+  x->byV6[peer->v6] = peer;
+  return nullptr;
+}
+
+static XPeer* PeerArg(napi_env env, Express* x, napi_value v) {
+  uint32_t id;
+  if (napi_get_value_uint32(env, v, &id) != napi_ok) return nullptr;
+  auto it = x->peers.find(id);
+  return it == x->peers.end() ? nullptr : it->second;
+}
+
+// setEndpoint(id, endpoint: Int32Array(16)): the client roamed (JavaScript saw it first)
+static napi_value ExpressSetEndpoint(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  XPeer* peer = x && argc >= 2 ? PeerArg(env, x, argv[0]) : nullptr;
+  int32_t ep[kMeta];
+  if (!peer || !EndpointMeta(env, argv[1], ep)) ARGS_ERROR("setEndpoint: bad arguments");
+  memcpy(peer->ep, ep, sizeof ep);
+  OPENSSL_cleanse(ep, sizeof ep);
+  return nullptr;
+}
+
+// setForward(id, socket): the client's forward socket for one family
+static napi_value ExpressSetForward(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  XPeer* peer = x && argc >= 2 ? PeerArg(env, x, argv[0]) : nullptr;
+  void* data;
+  if (!peer || !Unwrapped(env, argv[1], &data)) ARGS_ERROR("setForward: bad arguments");
+  auto* p = static_cast<Polled*>(data);
+  int f = p->family == 4 ? 0 : 1;
+  if (peer->fwdRef[f]) napi_delete_reference(env, peer->fwdRef[f]);
+  if (peer->fwd[f]) peer->fwd[f]->express = nullptr, peer->fwd[f]->xpeer = nullptr;
+  peer->fwd[f] = p;
+  napi_create_reference(env, argv[1], 1, &peer->fwdRef[f]);
+  p->express = x;
+  p->xpeer = peer;
+  return nullptr;
+}
+
+// removePeer(id): forgets a client, its sessions and its addresses
+static napi_value ExpressRemovePeer(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  uint32_t id;
+  if (!x || argc < 1 || napi_get_value_uint32(env, argv[0], &id) != napi_ok) ARGS_ERROR("removePeer: bad arguments");
+  XRemovePeer(x, id);
+  return nullptr;
+}
+
+// addSession(peerId, localIndex, remoteIndex, send: Aead, recv: Aead, counter: BigUint64Array(1),
+//            replayLast: BigUint64Array(1), replayRing: Uint32Array(256), rxMs, txMs, current)
+static napi_value ExpressAddSession(napi_env env, napi_callback_info info) {
+  size_t argc = 11;
+  napi_value argv[11];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  XPeer* peer = x && argc >= 11 ? PeerArg(env, x, argv[0]) : nullptr;
+  uint32_t localIndex, remoteIndex;
+  void *sendKey, *recvKey;
+  uint8_t *counter, *last, *ring;
+  size_t counterLen, lastLen, ringLen;
+  double rxMs, txMs;
+  bool current;
+  if (!peer || napi_get_value_uint32(env, argv[1], &localIndex) != napi_ok || napi_get_value_uint32(env, argv[2], &remoteIndex) != napi_ok ||
+      !Unwrapped(env, argv[3], &sendKey) || !Unwrapped(env, argv[4], &recvKey) || !Bytes(env, argv[5], &counter, &counterLen) ||
+      counterLen != 8 || !Bytes(env, argv[6], &last, &lastLen) || lastLen != 8 || !Bytes(env, argv[7], &ring, &ringLen) ||
+      ringLen != 1024 || napi_get_value_double(env, argv[8], &rxMs) != napi_ok || napi_get_value_double(env, argv[9], &txMs) != napi_ok ||
+      napi_get_value_bool(env, argv[10], &current) != napi_ok || reinterpret_cast<uintptr_t>(counter) % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(last) % 8 != 0 || reinterpret_cast<uintptr_t>(ring) % 4 != 0)
+    ARGS_ERROR("addSession: bad arguments");
+  if (static_cast<Aead*>(sendKey)->enc == nullptr || static_cast<Aead*>(recvKey)->dec == nullptr) ARGS_ERROR("addSession: keys destroyed");
+  XRemoveSession(x, localIndex);
+  auto* s = new XSession();
+  s->localIndex = localIndex;
+  s->remoteIndex = remoteIndex;
+  s->peer = peer;
+  s->sendKey = static_cast<Aead*>(sendKey);
+  s->recvKey = static_cast<Aead*>(recvKey);
+  s->counter = reinterpret_cast<uint64_t*>(counter);
+  s->replayLast = reinterpret_cast<uint64_t*>(last);
+  s->ring = reinterpret_cast<uint32_t*>(ring);
+  uint64_t now = uv_hrtime();
+  s->rxUntil = now + static_cast<uint64_t>(rxMs > 0 ? rxMs * 1e6 : 0);
+  s->txUntil = now + static_cast<uint64_t>(txMs > 0 ? txMs * 1e6 : 0);
+  for (int i = 3; i <= 7; i++) {
+    napi_ref r;
+    napi_create_reference(env, argv[i], 1, &r);
+    s->refs.push_back(r);
+  }
+  x->byIndex[localIndex] = s;
+  if (current) peer->send = s;
+  return nullptr;
+}
+
+// removeSession(localIndex)
+static napi_value ExpressRemoveSession(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  Express* x = ExpressThis(env, info, &argc, argv);
+  uint32_t index;
+  if (!x || argc < 1 || napi_get_value_uint32(env, argv[0], &index) != napi_ok) ARGS_ERROR("removeSession: bad arguments");
+  XRemoveSession(x, index);
+  return nullptr;
+}
+
+static napi_value ExpressDestroyJs(napi_env env, napi_callback_info info) {
+  size_t argc = 0;
+  Express* x = ExpressThis(env, info, &argc, nullptr);
+  if (x) XDestroy(x);
+  return nullptr;
+}
+
+// ------------------------------------------------------------------------------------------
 
 static napi_value DefineClass(napi_env env, const char* name, napi_callback ctor, std::vector<napi_property_descriptor> props) {
   napi_value cls;
@@ -726,6 +1433,12 @@ static napi_value Init(napi_env env, napi_value exports) {
                                 METHOD("setMark", UdpSetMark), METHOD("close", PolledCloseJs), METHOD("fd", PolledFd)});
   napi_value tun = DefineClass(env, "TunQueue", TunNew,
                                {METHOD("start", PolledStart), METHOD("write", TunWrite), METHOD("close", PolledCloseJs), METHOD("fd", PolledFd)});
+  napi_value express = DefineClass(env, "Express", ExpressNew,
+                                   {METHOD("attach", ExpressAttach), METHOD("setAllowed", ExpressSetAllowed), METHOD("addPeer", ExpressAddPeer),
+                                    METHOD("setEndpoint", ExpressSetEndpoint), METHOD("setForward", ExpressSetForward),
+                                    METHOD("removePeer", ExpressRemovePeer), METHOD("addSession", ExpressAddSession),
+                                    METHOD("removeSession", ExpressRemoveSession), METHOD("destroy", ExpressDestroyJs)});
+  napi_set_named_property(env, exports, "Express", express);
   napi_set_named_property(env, exports, "Aead", aead);
   napi_set_named_property(env, exports, "UdpSocket", udp);
   napi_set_named_property(env, exports, "TunQueue", tun);

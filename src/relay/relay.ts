@@ -6,6 +6,10 @@
  * leave through the TUN (the host masquerades them).
  *
  * Nothing here logs or counts per client: counters are aggregates.
+ *
+ * With the native addon, a client's data messages move on the native fast path once the core
+ * has confirmed its session (src/relay/express.ts); this class stays the authority for
+ * admission, handshakes, timers and what may be forwarded, and the path for everything else.
  */
 import { PrivateKey, PublicKey } from '../crypto/keys.ts';
 import { hex } from '../crypto/bytes.ts';
@@ -18,6 +22,7 @@ import { WakeTimer } from '../device/waketimer.ts';
 import { hopAddresses, type HopAddresses } from '../cascade/addresses.ts';
 import type { Relay as RelayEntry } from '../cascade/relaylist.ts';
 import { buildUdp, parseUdp, type UdpPacket } from '../cascade/udpip.ts';
+import { RelayExpress } from './express.ts';
 
 export interface RelayOptions {
   privateKey: PrivateKey;
@@ -58,11 +63,20 @@ interface Destination {
   clientPort: number;
 }
 
+interface ForwardSide {
+  readonly bind: UdpBind;
+  ready: boolean;
+  readonly pending: [Uint8Array, UdpEndpoint][];
+}
+
 interface Forwarder {
-  readonly binds: Partial<Record<'IPv4' | 'IPv6', { bind: UdpBind; ready: boolean; pending: [Uint8Array, UdpEndpoint][] }>>;
+  readonly binds: Partial<Record<'IPv4' | 'IPv6', ForwardSide>>;
   readonly destinations: Map<number | string, Destination>;
   readonly addresses: HopAddresses;
 }
+
+/** How often the fast path's traffic is folded into the core's timers (ms, real time). */
+const SYNC_MS = 200;
 
 /** A numeric key for IPv4 address+port, a string for IPv6. */
 function destKey(addr: Uint8Array, port: number): number | string {
@@ -72,7 +86,7 @@ function destKey(addr: Uint8Array, port: number): number | string {
 
 export class RelayNode {
   readonly core: WireGuard<UdpEndpoint>;
-  readonly stats: RelayStats = {
+  readonly #stats: RelayStats = {
     clients: 0,
     admitted: 0,
     refusedAdmissions: 0,
@@ -102,6 +116,8 @@ export class RelayNode {
   readonly #timer: WakeTimer;
   readonly #onExpire: (() => void) | undefined;
   #running = false;
+  #express: RelayExpress | null = null;
+  #syncTimer: NodeJS.Timeout | null = null;
 
   constructor(o: RelayOptions) {
     this.#bind = o.bind;
@@ -135,6 +151,17 @@ export class RelayNode {
     this.#timer.reset();
   }
 
+  /** The relay's counters (aggregates only), the fast path's traffic folded in. */
+  get stats(): RelayStats {
+    this.#sync();
+    return this.#stats;
+  }
+
+  /** Whether client data moves on the native fast path (src/relay/express.ts). */
+  get express(): boolean {
+    return this.#express !== null;
+  }
+
   /** Replaces the relays this one may forward to (after a directory refresh). */
   setRelays(relays: readonly RelayEntry[]): void {
     this.#allowedNext.clear();
@@ -142,6 +169,7 @@ export class RelayNode {
       if (r.publicKey.equals(this.#self)) continue;
       for (const e of r.endpoints) this.#allowedNext.set(destKey(parseIP(e.address.split('%')[0]!)!, e.port), e);
     }
+    this.#express?.setAllowed(this.#allowedNext.values());
   }
 
   /** Whether a next hop (address bytes and port) is one this relay may forward to. */
@@ -152,7 +180,7 @@ export class RelayNode {
 
   #admit(key: PublicKey, now: number): { allowedIPs: string[] } | null {
     if (this.#allow !== null && !this.#allow.has(hex(key.raw()))) return this.#refuse();
-    if (this.stats.clients >= this.#maxClients) return this.#refuse();
+    if (this.#stats.clients >= this.#maxClients) return this.#refuse();
     this.#tokens = Math.min(this.#rate * 2, this.#tokens + ((now - this.#tokensAt) / 1000) * this.#rate);
     this.#tokensAt = now;
     if (this.#tokens < 1) return this.#refuse();
@@ -161,28 +189,41 @@ export class RelayNode {
     // An address another client holds (a hash collision) is refused: that client reconnects
     // with a fresh key, hence a fresh address.
     if (this.core.allowedIPs.lookup(a.v4) !== null || this.core.allowedIPs.lookup(a.v6) !== null) return this.#refuse();
-    this.stats.admitted++;
-    this.stats.clients++;
+    this.#stats.admitted++;
+    this.#stats.clients++;
     return { allowedIPs: [`${a.v4Text}/32`, `${a.v6Text}/128`] };
   }
 
   #refuse(): null {
-    this.stats.refusedAdmissions++;
+    this.#stats.refusedAdmissions++;
     return null;
   }
 
   /** Keys wiped 540 s after the last session: the client is forgotten, socket and all. */
   #expire(peer: Peer<UdpEndpoint>): void {
+    this.#express?.remove(peer);
     this.#closeForwarder(peer);
     if (peer.endpoint !== null) this.#bind.forget(peer.endpoint);
     peer.endpoint = null;
     this.core.removePeer(peer);
-    this.stats.clients = Math.max(0, this.stats.clients - 1);
+    this.#stats.clients = Math.max(0, this.#stats.clients - 1);
     this.#onExpire?.();
   }
 
   async start(listenPort: number): Promise<number> {
     const port = await this.#bind.open(listenPort);
+    this.#express = RelayExpress.create({
+      core: this.core,
+      bind: this.#bind,
+      tun: this.#tun,
+      realMs: (clockMs) => clockMs / this.#clockRate,
+      hop: (peer) => this.#forwarder(peer).addresses,
+      wantForward: (peer, family) => void this.#forwardSide(peer, this.#forwarder(peer), family),
+    });
+    if (this.#express !== null) {
+      this.#express.setAllowed(this.#allowedNext.values());
+      this.#syncTimer = setInterval(() => this.#sync(), SYNC_MS);
+    }
     this.#bind.start((d, from) => this.#onDatagram(d, from));
     this.#tun?.start(
       (p) => this.#onTunPacket(p),
@@ -204,7 +245,31 @@ export class RelayNode {
       this.#inner(r.peer, r.packet);
       // The decrypted packet has been forwarded or written: no plaintext stays behind.
       r.packet.fill(0);
+      if (this.#express !== null) this.#handOver(this.#express, r.peer);
     }
+    this.#schedule();
+  }
+
+  /** Hands a client's confirmed session (and forward sockets) to the fast path. */
+  #handOver(x: RelayExpress, peer: Peer<UdpEndpoint>): void {
+    const had = x.has(peer);
+    x.update(peer, this.#now());
+    if (had || !x.has(peer)) return;
+    const f = this.#forwarders.get(peer);
+    for (const side of Object.values(f?.binds ?? {})) if (side.ready) x.setForward(peer, side.bind);
+  }
+
+  /** Folds the fast path's traffic into the core's timers and the counters. */
+  #sync(): void {
+    if (this.#express === null) return;
+    const c = this.#express.sync(this.#now());
+    const st = this.#stats;
+    st.forwardedPackets += c.forwardedPackets;
+    st.forwardedBytes += c.forwardedBytes;
+    st.replyPackets += c.replyPackets;
+    st.exitPackets += c.exitPackets;
+    st.refusedForwards += c.refusedForwards;
+    st.unknownReplySources += c.unknownReplySources;
     this.#schedule();
   }
 
@@ -218,11 +283,11 @@ export class RelayNode {
       }
     }
     if (this.#tun !== null) {
-      this.stats.exitPackets++;
+      this.#stats.exitPackets++;
       this.#tun.write(packet);
       return;
     }
-    this.stats.refusedForwards++;
+    this.#stats.refusedForwards++;
   }
 
   #forwarder(peer: Peer<UdpEndpoint>): Forwarder {
@@ -240,28 +305,36 @@ export class RelayNode {
     const dest = f.destinations.get(key);
     if (dest === undefined) f.destinations.set(key, { endpoint: next, clientPort: u.srcPort });
     else dest.clientPort = u.srcPort;
-    this.stats.forwardedPackets++;
-    this.stats.forwardedBytes += u.payload.length;
-    const family = next.family;
-    let side = f.binds[family];
-    if (side === undefined) {
-      const bind = this.#makeForwardBind(family);
-      const s = { bind, ready: false, pending: [] as [Uint8Array, UdpEndpoint][] };
-      f.binds[family] = s;
-      side = s;
-      void bind.open(0).then(
-        () => {
-          bind.start((d, from) => this.#onReply(peer, d, from));
-          s.ready = true;
-          for (const [payload, to] of s.pending.splice(0)) bind.send(payload, to);
-        },
-        () => {
-          s.pending.length = 0;
-        },
-      );
-    }
+    this.#stats.forwardedPackets++;
+    this.#stats.forwardedBytes += u.payload.length;
+    const side = this.#forwardSide(peer, f, next.family);
     if (side.ready) side.bind.send(u.payload, next);
     else if (side.pending.length < 64) side.pending.push([u.payload.slice(), next]);
+  }
+
+  /** The client's own socket for one family, opened on first use. */
+  #forwardSide(peer: Peer<UdpEndpoint>, f: Forwarder, family: 'IPv4' | 'IPv6'): ForwardSide {
+    const had = f.binds[family];
+    if (had !== undefined) return had;
+    const bind = this.#makeForwardBind(family);
+    const side: ForwardSide = { bind, ready: false, pending: [] };
+    f.binds[family] = side;
+    void bind.open(0).then(
+      () => {
+        if (this.#forwarders.get(peer) !== f) {
+          void bind.close(); // the client expired meanwhile
+          return;
+        }
+        bind.start((d, from) => this.#onReply(peer, d, from));
+        side.ready = true;
+        this.#express?.setForward(peer, bind);
+        for (const [payload, to] of side.pending.splice(0)) bind.send(payload, to);
+      },
+      () => {
+        side.pending.length = 0;
+      },
+    );
+    return side;
   }
 
   #onReply(peer: Peer<UdpEndpoint>, d: Uint8Array, from: UdpEndpoint): void {
@@ -269,7 +342,7 @@ export class RelayNode {
     const src = endpointAddressBytes(from);
     const dest = f !== undefined && src !== null ? f.destinations.get(destKey(src, from.port)) : undefined;
     if (f === undefined || src === null || dest === undefined) {
-      this.stats.unknownReplySources++;
+      this.#stats.unknownReplySources++;
       return;
     }
     const v4 = src.length === 4;
@@ -283,7 +356,7 @@ export class RelayNode {
     }, { udpChecksum: false });
     const r = this.core.sendTo(peer, packet, this.#now());
     if (r.kind !== 'drop') {
-      this.stats.replyPackets++;
+      this.#stats.replyPackets++;
       this.#send(r.out);
     }
     this.#schedule();
@@ -310,12 +383,17 @@ export class RelayNode {
     if (!this.#running) return;
     this.#running = false;
     this.#timer.stop();
+    if (this.#syncTimer !== null) clearInterval(this.#syncTimer);
+    this.#syncTimer = null;
+    this.#sync();
+    this.#express?.destroy();
+    this.#express = null;
     for (const peer of [...this.#forwarders.keys()]) this.#closeForwarder(peer);
     for (const peer of [...this.core.peers()]) this.core.removePeer(peer);
     this.core.setPrivateKey(null);
     this.#tun?.close();
     void this.#bind.close();
-    this.stats.clients = 0;
+    this.#stats.clients = 0;
   }
 }
 

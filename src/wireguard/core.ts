@@ -690,6 +690,32 @@ export class WireGuard<E extends Endpoint = Endpoint> {
 
   // ---- timers ----------------------------------------------------------------------------
 
+  /**
+   * Folds in the traffic a fast path moved for a peer outside this core (a relay's native
+   * data path, src/relay/express.ts) since the last call: byte counts, and the timer rules of
+   * receive and send as if the last of those events had happened now. `e` holds counts of
+   * packets received, data packets received, packets sent and data packets sent, and the
+   * sequence numbers of the last of each (only their order matters).
+   */
+  noteOffloaded(
+    peer: Peer<E>,
+    e: { rx: number; rxData: number; tx: number; txData: number; rxBytes: number; txBytes: number; lastRx: number; lastRxData: number; lastTx: number; lastTxData: number },
+    now: number,
+  ): void {
+    peer.rxBytes += e.rxBytes;
+    peer.txBytes += e.txBytes;
+    if (e.rx > 0 || e.tx > 0) this.#traversal(peer, now);
+    // newHandshake: armed by a data packet sent, stopped by any authenticated packet received.
+    if (e.txData > 0 && e.lastTxData > e.lastRx) {
+      if (e.rx > 0 || peer.timers.newHandshake === null) this.#arm(peer, 'newHandshake', now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + this.#jitter());
+    } else if (e.rx > 0) peer.timers.newHandshake = null;
+    // sendKeepalive: armed by a data packet received, stopped by any packet sent.
+    if (e.rxData > 0 && e.lastRxData > e.lastTx) {
+      if (e.tx > 0 || peer.timers.sendKeepalive === null) this.#arm(peer, 'sendKeepalive', now + KEEPALIVE_TIMEOUT);
+      else peer.needAnotherKeepalive = true;
+    } else if (e.tx > 0) peer.timers.sendKeepalive = null;
+  }
+
   /** The earliest time any timer is due, or null when none is armed. */
   nextDeadline(): number | null {
     let best: number | null = null;
@@ -749,6 +775,11 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   }
 
   // ---- accounting ------------------------------------------------------------------------
+
+  /** Adds drops a fast path counted outside this core (src/relay/express.ts). */
+  countDrops(reason: DropReason, n: number): void {
+    if (n > 0) this.drops.set(reason, (this.drops.get(reason) ?? 0) + n);
+  }
 
   #count(reason: DropReason): void {
     this.drops.set(reason, (this.drops.get(reason) ?? 0) + 1);

@@ -12,12 +12,13 @@ const RING_MASK = BigInt(RING_BLOCKS - 1);
 const WINDOW = BigInt(REPLAY_WINDOW);
 
 export class ReplayFilter {
-  #last = 0n;
-  readonly #ring = new Uint32Array(RING_BLOCKS);
+  /** The highest counter seen, and the ring: memory a relay's native fast path shares. */
+  readonly last = new BigUint64Array(1);
+  readonly ring = new Uint32Array(RING_BLOCKS);
 
   reset(): void {
-    this.#last = 0n;
-    this.#ring.fill(0);
+    this.last[0] = 0n;
+    this.ring.fill(0);
   }
 
   /**
@@ -27,25 +28,26 @@ export class ReplayFilter {
   validate(counter: bigint, limit: bigint): boolean {
     if (counter >= limit) return false;
     let block = counter >> BLOCK_LOG;
-    if (counter > this.#last) {
-      const current = this.#last >> BLOCK_LOG;
+    const last = this.last[0]!;
+    if (counter > last) {
+      const current = last >> BLOCK_LOG;
       let diff = block - current;
       if (diff > BigInt(RING_BLOCKS)) diff = BigInt(RING_BLOCKS);
       const n = Number(diff);
       let i = Number((current + 1n) & RING_MASK);
       for (let k = 0; k < n; k++) {
-        this.#ring[i] = 0;
+        this.ring[i] = 0;
         i = (i + 1) & (RING_BLOCKS - 1);
       }
-      this.#last = counter;
-    } else if (this.#last - counter > WINDOW) {
+      this.last[0] = counter;
+    } else if (last - counter > WINDOW) {
       return false;
     }
     const index = Number(block & RING_MASK);
     const bit = 1 << Number(counter & (BLOCK_BITS - 1n));
-    const old = this.#ring[index]!;
+    const old = this.ring[index]!;
     if ((old & bit) !== 0) return false;
-    this.#ring[index] = old | bit;
+    this.ring[index] = old | bit;
     return true;
   }
 }
