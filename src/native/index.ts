@@ -29,11 +29,12 @@ export interface NativeTunQueue {
 
 /**
  * A relay's transport-data fast path (see src/native/strata.cc, "Express"). Per-peer events
- * (Float64Array(11)): rx packets, rx data packets, tx packets, tx data packets, rx bytes,
- * tx bytes, then the sequence numbers of the last rx, rx data, tx and tx data event, then the
- * family (4|6) of a forward socket it lacked. Stats (Float64Array(9)): forwarded packets and
- * payload bytes, replies, exit packets, refused forwards, unknown reply sources, decrypt
- * failures, replays, inner packets dropped.
+ * (Float64Array(10)): rx packets, rx data packets, tx packets, tx data packets, rx bytes,
+ * tx bytes, then the sequence numbers of the last rx, rx data, tx and tx data event. An opened
+ * inner packet it cannot send itself (no forward socket of that family yet) goes to `onInner`,
+ * as a view valid during the call. Stats (Float64Array(8)): forwarded packets and
+ * payload bytes, replies, exit packets, refused forwards, decrypt failures, replays, inner
+ * packets dropped (malformed, or from a source other than the client's hop address).
  */
 export interface NativeExpress {
   attach(target: NativeUdpSocket | NativeTunQueue): void;
@@ -60,7 +61,14 @@ export interface NativeExpress {
 }
 
 export interface NativeAddon {
-  Express: new (stats: Float64Array, mtu: number, rekeyAfterMessages: bigint, rejectAfterMessages: bigint, replayWindow: bigint) => NativeExpress;
+  Express: new (
+    stats: Float64Array,
+    mtu: number,
+    rekeyAfterMessages: bigint,
+    rejectAfterMessages: bigint,
+    replayWindow: bigint,
+    onInner: (peerId: number, packet: Uint8Array) => void,
+  ) => NativeExpress;
   Aead: new (key: Uint8Array) => NativeAead;
   UdpSocket: new (
     family: 4 | 6,

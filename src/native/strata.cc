@@ -743,11 +743,11 @@ static napi_value TunWrite(napi_env env, napi_callback_info info) {
 // roaming and rekeying. Events are counted per peer for JavaScript to fold into its timers.
 // Nothing here logs; a peer's addresses are wiped when it is removed.
 
-static const int kEv = 11;     // per-peer events, see XEvent
-static const int kStats = 9;   // aggregate counters, see XStat
+static const int kEv = 10;     // per-peer events, see XEvent
+static const int kStats = 8;   // aggregate counters, see XStat
 
-enum XEvent { kRxPackets, kRxData, kTxPackets, kTxData, kRxBytes, kTxBytes, kLastRx, kLastRxData, kLastTx, kLastTxData, kWantForward };
-enum XStat { kForwarded, kForwardedBytes, kReplies, kExit, kRefused, kUnused, kDecryptFail, kReplay, kInnerDrop };
+enum XEvent { kRxPackets, kRxData, kTxPackets, kTxData, kRxBytes, kTxBytes, kLastRx, kLastRxData, kLastTx, kLastTxData };
+enum XStat { kForwarded, kForwardedBytes, kReplies, kExit, kRefused, kDecryptFail, kReplay, kInnerDrop };
 
 using Addr16 = std::array<uint8_t, 16>;
 using NextHop = std::array<uint8_t, 19>;  // family, address (16), port (big-endian)
@@ -796,6 +796,7 @@ struct Express {
   std::set<NextHop> allowed;
   double* stats = nullptr;
   napi_ref statsRef = nullptr;
+  napi_ref onInner = nullptr;  // onInner(peerId, packet): an inner packet this cannot send
   int mtu = 0;
   uint64_t rekeyAfterMessages = 0, rejectAfterMessages = 0, replayWindow = 0;
   double seq = 0;
@@ -931,13 +932,34 @@ static void SealAndSend(Express* x, XSession* s, size_t n) {
   Event(x, peer, false, n > 0, total);
 }
 
+// Hands JavaScript an opened inner packet, as a view of the receive arena valid during the call.
+static void HandInner(Express* x, Polled* from, XPeer* peer, const uint8_t* packet, size_t len) {
+  napi_env env = x->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, ab, view, args[2], global, result;
+  if (x->onInner && from->async && napi_get_reference_value(env, x->onInner, &cb) == napi_ok &&
+      napi_get_reference_value(env, from->rx.dataRef, &ab) == napi_ok &&
+      napi_create_typedarray(env, napi_uint8_array, len, ab, static_cast<size_t>(packet - from->rx.data), &view) == napi_ok) {
+    napi_create_uint32(env, peer->id, &args[0]);
+    args[1] = view;
+    napi_get_global(env, &global);
+    if (napi_make_callback(env, from->async, global, cb, 2, args, &result) == napi_pending_exception) {
+      napi_value e;
+      napi_get_and_clear_last_exception(env, &e);
+      napi_fatal_exception(env, e);
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
 static bool SameEndpoint(const int32_t* a, const int32_t* b) {
   if (a[1] != b[1] || a[2] != b[2] || memcmp(&a[4], &b[4], 16) != 0 || a[8] != b[8]) return false;
   return a[8] != 1 || (a[9] == b[9] && memcmp(&a[10], &b[10], 16) == 0);
 }
 
 // A datagram on a main socket: a data message of a handed-over session, from its endpoint.
-static bool XFromClient(Express* x, const int32_t* meta, uint8_t* d, size_t len) {
+static bool XFromClient(Express* x, Polled* from, const int32_t* meta, uint8_t* d, size_t len) {
   if (len < 32 || d[0] != 4 || d[1] != 0 || d[2] != 0 || d[3] != 0) return false;
   auto it = x->byIndex.find(Le32(d + 4));
   if (it == x->byIndex.end()) return false;
@@ -990,9 +1012,8 @@ static bool XFromClient(Express* x, const int32_t* meta, uint8_t* d, size_t len)
       if (x->allowed.count(hop) != 0) {
         Polled* out = peer->fwd[version == 4 ? 0 : 1];
         if (out == nullptr || out->fd < 0) {
-          // Dropped; JavaScript opens the socket at its next sync (see src/relay/relay.ts).
-          x->stats[kRefused]++;
-          peer->ev[kWantForward] = version;
+          // No socket of this family yet: JavaScript opens one and sends the datagram.
+          HandInner(x, from, peer, p, total);
           return true;
         }
         uint16_t clientPort = Be16(p + u);
@@ -1110,7 +1131,7 @@ static int ExpressFilter(Polled* p, int n) {
     if (len >= 0) {
       if (p->isTun) done = XFromTun(x, d, len);
       else if (p->xpeer != nullptr) done = XFromNext(x, p->xpeer, meta, d, len);
-      else done = XFromClient(x, meta, d, len);
+      else done = XFromClient(x, p, meta, d, len);
     }
     if (done) {
       // Taken here: no plaintext and no address stays in the arena; JavaScript skips it.
@@ -1178,7 +1199,8 @@ static void XDestroy(Express* x) {
   for (napi_ref r : x->attachedRefs) napi_delete_reference(x->env, r);
   x->attachedRefs.clear();
   if (x->statsRef) napi_delete_reference(x->env, x->statsRef);
-  x->statsRef = nullptr;
+  if (x->onInner) napi_delete_reference(x->env, x->onInner);
+  x->statsRef = x->onInner = nullptr;
   x->allowed.clear();
   OPENSSL_cleanse(x->scratch.data(), x->scratch.size());
 }
@@ -1208,16 +1230,18 @@ static bool Unwrapped(napi_env env, napi_value v, void** out) {
     return nullptr;                                           \
   } while (0)
 
-// Express(stats: Float64Array(9), mtu, rekeyAfterMessages, rejectAfterMessages, replayWindow)
+// Express(stats: Float64Array(8), mtu, rekeyAfterMessages, rejectAfterMessages, replayWindow,
+//         onInner(peerId, packet))
 static napi_value ExpressNew(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], self;
+  size_t argc = 6;
+  napi_value argv[6], self;
   CHECK(napi_get_cb_info(env, info, &argc, argv, &self, nullptr));
   uint8_t* stats;
   size_t statsLen;
   int32_t mtu;
   uint64_t rekey, reject, window;
-  if (argc < 5 || !Bytes(env, argv[0], &stats, &statsLen) || statsLen < kStats * sizeof(double) || !I32(env, argv[1], &mtu) ||
+  napi_valuetype cbType;
+  if (argc < 6 || napi_typeof(env, argv[5], &cbType) != napi_ok || cbType != napi_function || !Bytes(env, argv[0], &stats, &statsLen) || statsLen < kStats * sizeof(double) || !I32(env, argv[1], &mtu) ||
       !U64(env, argv[2], &rekey) || !U64(env, argv[3], &reject) || !U64(env, argv[4], &window) || mtu < 0 ||
       reinterpret_cast<uintptr_t>(stats) % 8 != 0)
     ARGS_ERROR("bad arguments");
@@ -1225,6 +1249,7 @@ static napi_value ExpressNew(napi_env env, napi_callback_info info) {
   x->env = env;
   x->stats = reinterpret_cast<double*>(stats);
   napi_create_reference(env, argv[0], 1, &x->statsRef);
+  napi_create_reference(env, argv[5], 1, &x->onInner);
   x->mtu = mtu;
   x->rekeyAfterMessages = rekey;
   x->rejectAfterMessages = reject;
@@ -1277,7 +1302,7 @@ static bool EndpointMeta(napi_env env, napi_value v, int32_t out[kMeta]) {
   return out[1] == 4 || out[1] == 6;
 }
 
-// addPeer(id, endpoint: Int32Array(16), v4, v6, events: Float64Array(11))
+// addPeer(id, endpoint: Int32Array(16), v4, v6, events: Float64Array(10))
 static napi_value ExpressAddPeer(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];

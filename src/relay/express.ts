@@ -27,7 +27,8 @@ export interface ExpressCounts {
   replyPackets: number;
   exitPackets: number;
   refusedForwards: number;
-  unknownReplySources: number;
+  /** Client datagrams in and out. */
+  packets: number;
 }
 
 interface Handed {
@@ -38,8 +39,8 @@ interface Handed {
   readonly sessions: Set<Keypair>;
 }
 
-const EVENTS = 11;
-const STATS = 9;
+const EVENTS = 10;
+const STATS = 8;
 
 /** An endpoint in the slot layout of the native sockets; null if its address does not parse. */
 function endpointMeta(e: UdpEndpoint): Int32Array | null {
@@ -66,7 +67,7 @@ export class RelayExpress {
   /** Real ms in `clockMs` of the relay's clock (a test's accelerated clock runs faster). */
   readonly #realMs: (clockMs: number) => number;
   readonly #hop: (peer: Peer<UdpEndpoint>) => HopAddresses;
-  readonly #wantForward: (peer: Peer<UdpEndpoint>, family: 'IPv4' | 'IPv6') => void;
+  readonly #byId = new Map<number, Peer<UdpEndpoint>>();
   #nextId = 1;
 
   /**
@@ -79,7 +80,8 @@ export class RelayExpress {
     tun: Tun | null;
     realMs: (clockMs: number) => number;
     hop: (peer: Peer<UdpEndpoint>) => HopAddresses;
-    wantForward: (peer: Peer<UdpEndpoint>, family: 'IPv4' | 'IPv6') => void;
+    /** An opened inner packet of `peer` the fast path could not send (a view, valid during the call). */
+    inner: (peer: Peer<UdpEndpoint>, packet: Uint8Array) => void;
   }): RelayExpress | null {
     if (native === null || process.env.STRATA_EXPRESS === '0' || !(o.bind instanceof NativeUdpBind)) return null;
     if (o.tun !== null && !(o.tun instanceof NativeTun)) return null;
@@ -93,8 +95,11 @@ export class RelayExpress {
     this.#core = o.core;
     this.#realMs = o.realMs;
     this.#hop = o.hop;
-    this.#wantForward = o.wantForward;
-    this.#x = new native!.Express(this.#stats, o.core.mtu, REKEY_AFTER_MESSAGES, REJECT_AFTER_MESSAGES, BigInt(REPLAY_WINDOW));
+    const inner = o.inner;
+    this.#x = new native!.Express(this.#stats, o.core.mtu, REKEY_AFTER_MESSAGES, REJECT_AFTER_MESSAGES, BigInt(REPLAY_WINDOW), (id, packet) => {
+      const peer = this.#byId.get(id);
+      if (peer !== undefined) inner(peer, packet);
+    });
   }
 
   /** The next hops native code may forward to (the relay's own rule, src/relay/relay.ts). */
@@ -129,6 +134,7 @@ export class RelayExpress {
       state = { id: this.#nextId++, events: new Float64Array(EVENTS), endpoint, current: null, sessions: new Set() };
       this.#x.addPeer(state.id, meta, a.v4, a.v6, state.events);
       this.#handed.set(peer, state);
+      this.#byId.set(state.id, peer);
     } else if (state.endpoint !== endpoint) {
       this.#x.setEndpoint(state.id, meta);
       state.endpoint = endpoint;
@@ -172,6 +178,7 @@ export class RelayExpress {
     const h = this.#handed.get(peer);
     if (h === undefined) return;
     this.#handed.delete(peer);
+    this.#byId.delete(h.id);
     for (const kp of h.sessions) kp.onDestroy = null;
     this.#x.removePeer(h.id);
     h.events.fill(0);
@@ -179,20 +186,20 @@ export class RelayExpress {
 
   /**
    * Folds what native code did since the last call into the core (timers, byte counts) and
-   * returns the aggregate counts; asks for forward sockets native code lacked.
+   * returns the aggregate counts.
    */
   sync(now: number): ExpressCounts {
+    let packets = 0;
     for (const [peer, h] of this.#handed) {
       const e = h.events;
-      if (e[0] === 0 && e[2] === 0 && e[10] === 0) continue;
+      if (e[0] === 0 && e[2] === 0) continue;
+      packets += e[0]! + e[2]!;
       this.#core.noteOffloaded(
         peer,
         { rx: e[0]!, rxData: e[1]!, tx: e[2]!, txData: e[3]!, rxBytes: e[4]!, txBytes: e[5]!, lastRx: e[6]!, lastRxData: e[7]!, lastTx: e[8]!, lastTxData: e[9]! },
         now,
       );
-      const want = e[10];
       e.fill(0);
-      if (want === 4 || want === 6) this.#wantForward(peer, want === 4 ? 'IPv4' : 'IPv6');
     }
     const s = this.#stats;
     const counts = {
@@ -201,11 +208,11 @@ export class RelayExpress {
       replyPackets: s[2]!,
       exitPackets: s[3]!,
       refusedForwards: s[4]!,
-      unknownReplySources: s[5]!,
+      packets,
     };
-    this.#core.countDrops('decrypt', s[6]!);
-    this.#core.countDrops('replay', s[7]!);
-    this.#core.countDrops('inner-disallowed-source', s[8]!);
+    this.#core.countDrops('decrypt', s[5]!);
+    this.#core.countDrops('replay', s[6]!);
+    this.#core.countDrops('inner-disallowed-source', s[7]!);
     s.fill(0);
     return counts;
   }

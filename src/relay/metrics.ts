@@ -31,15 +31,15 @@ export function relayRegistry(node: RelayNode): Registry {
       },
     });
   };
-  const s = node.stats;
-  gauge('strata_relay_clients', 'Clients admitted and not yet expired', () => s.clients);
-  counter('strata_relay_admitted_total', 'Clients admitted', () => s.admitted);
-  counter('strata_relay_refused_admissions_total', 'Admissions refused (allow-list, bound or rate)', () => s.refusedAdmissions);
-  counter('strata_relay_forwarded_packets_total', 'Inner datagrams forwarded to a next hop', () => s.forwardedPackets);
-  counter('strata_relay_forwarded_bytes_total', 'Bytes forwarded to next hops', () => s.forwardedBytes);
-  counter('strata_relay_reply_packets_total', 'Replies carried back to clients', () => s.replyPackets);
-  counter('strata_relay_exit_packets_total', 'Packets sent out through the exit', () => s.exitPackets);
-  counter('strata_relay_refused_forwards_total', 'Inner packets to endpoints not on the relay list', () => s.refusedForwards);
+  gauge('strata_relay_clients', 'Clients admitted and not yet expired', () => node.stats.clients);
+  counter('strata_relay_admitted_total', 'Clients admitted', () => node.stats.admitted);
+  counter('strata_relay_refused_admissions_total', 'Admissions refused (allow-list, bound or rate)', () => node.stats.refusedAdmissions);
+  counter('strata_relay_forwarded_packets_total', 'Inner datagrams forwarded to a next hop', () => node.stats.forwardedPackets);
+  counter('strata_relay_forwarded_bytes_total', 'Bytes forwarded to next hops', () => node.stats.forwardedBytes);
+  counter('strata_relay_reply_packets_total', 'Replies carried back to clients', () => node.stats.replyPackets);
+  counter('strata_relay_exit_packets_total', 'Packets sent out through the exit', () => node.stats.exitPackets);
+  counter('strata_relay_refused_forwards_total', 'Inner packets to endpoints not on the relay list', () => node.stats.refusedForwards);
+  counter('strata_relay_fast_path_packets_total', 'Client datagrams the native fast path carried (in and out)', () => node.stats.fastPathPackets);
   counter('strata_relay_cookie_replies_total', 'Cookie replies sent under load', () => node.core.cookieRepliesSent);
   new Counter({
     name: 'strata_relay_drops_total',

@@ -56,6 +56,8 @@ export interface RelayStats {
   exitPackets: number;
   refusedForwards: number;
   unknownReplySources: number;
+  /** Client datagrams (in and out) the native fast path carried. */
+  fastPathPackets: number;
 }
 
 interface Destination {
@@ -96,6 +98,7 @@ export class RelayNode {
     exitPackets: 0,
     refusedForwards: 0,
     unknownReplySources: 0,
+    fastPathPackets: 0,
   };
   readonly #bind: UdpBind;
   readonly #self: PublicKey;
@@ -218,7 +221,7 @@ export class RelayNode {
       tun: this.#tun,
       realMs: (clockMs) => clockMs / this.#clockRate,
       hop: (peer) => this.#forwarder(peer).addresses,
-      wantForward: (peer, family) => void this.#forwardSide(peer, this.#forwarder(peer), family),
+      inner: (peer, packet) => this.#inner(peer, packet),
     });
     if (this.#express !== null) {
       this.#express.setAllowed(this.#allowedNext.values());
@@ -269,7 +272,7 @@ export class RelayNode {
     st.replyPackets += c.replyPackets;
     st.exitPackets += c.exitPackets;
     st.refusedForwards += c.refusedForwards;
-    st.unknownReplySources += c.unknownReplySources;
+    st.fastPathPackets += c.packets;
     this.#schedule();
   }
 
