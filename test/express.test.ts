@@ -4,7 +4,7 @@
  * and ::1 (both on the relay's list). Checks that the fast path carries the traffic, that the
  * replies it builds are byte for byte what the TypeScript path builds (IPv6 UDP checksum
  * included), that a replayed or forged datagram is dropped, that its traffic reaches the core's
- * timers, and that STRATA_EXPRESS unset leaves everything to TypeScript with the same results.
+ * timers, and that STRATA_EXPRESS=0 leaves everything to TypeScript with the same results.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -149,7 +149,7 @@ async function exchange(w: World, n: number): Promise<void> {
 }
 
 for (const express of [true, false]) {
-  test(`relay ${express ? 'fast path' : 'with STRATA_EXPRESS unset'}: forwards over IPv4 and IPv6, replies byte for byte`, { skip }, async () => {
+  test(`relay ${express ? 'fast path' : 'with STRATA_EXPRESS=0'}: forwards over IPv4 and IPv6, replies byte for byte`, { skip }, async () => {
     const w = await world(express);
     try {
       assert.equal(w.relay.express, express);
@@ -171,7 +171,7 @@ for (const express of [true, false]) {
 }
 
 for (const express of [true, false]) {
-  test(`relay ${express ? 'fast path' : 'with STRATA_EXPRESS unset'}: replayed and forged datagrams dropped; one-way data arms the keepalive`, { skip }, async () => {
+  test(`relay ${express ? 'fast path' : 'with STRATA_EXPRESS=0'}: replayed and forged datagrams dropped; one-way data arms the keepalive`, { skip }, async () => {
     const w = await world(express);
     try {
       await exchange(w, 20);

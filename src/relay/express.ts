@@ -71,9 +71,8 @@ export class RelayExpress {
   #nextId = 1;
 
   /**
-   * The fast path on a relay's open main bind (and exit TUN), or null: it is opt-in
-   * (STRATA_EXPRESS=1) until the failover regression noted in docs/performance.md is found,
-   * and needs the native addon and native I/O. Without it everything stays in JavaScript.
+   * The fast path on a relay's open main bind (and exit TUN), or null where it cannot run: no
+   * native addon, other I/O, or STRATA_EXPRESS=0 (everything then stays in JavaScript).
    */
   static create(o: {
     core: WireGuard<UdpEndpoint>;
@@ -84,7 +83,7 @@ export class RelayExpress {
     /** An opened inner packet of `peer` the fast path could not send (a view, valid during the call). */
     inner: (peer: Peer<UdpEndpoint>, packet: Uint8Array) => void;
   }): RelayExpress | null {
-    if (native === null || process.env.STRATA_EXPRESS !== '1' || !(o.bind instanceof NativeUdpBind)) return null;
+    if (native === null || process.env.STRATA_EXPRESS === '0' || !(o.bind instanceof NativeUdpBind)) return null;
     if (o.tun !== null && !(o.tun instanceof NativeTun)) return null;
     const x = new RelayExpress(o);
     for (const s of o.bind.nativeSockets()) x.#x.attach(s);
@@ -160,6 +159,23 @@ export class RelayExpress {
       };
     }
     state.current = peer.current;
+    // A current session native code does not hold (the relay initiated it): it must not go on
+    // sealing with an older one, so it gives every session of this client back.
+    if (peer.current === null || !state.sessions.has(peer.current)) {
+      for (const kp of state.sessions) {
+        kp.onDestroy = null;
+        this.#x.removeSession(kp.localIndex);
+      }
+      state.sessions.clear();
+    }
+  }
+
+  /**
+   * The core saw `peer` at a new endpoint (any authenticated packet, a keepalive or a dropped
+   * inner packet included): native code must send there from now on.
+   */
+  roamed(peer: Peer<UdpEndpoint>, now: number): void {
+    if (this.#handed.has(peer)) this.update(peer, now);
   }
 
   /** Gives native code a client's forward socket (once the relay has opened it). */

@@ -142,6 +142,8 @@ export class RelayNode {
       mtu: 1440,
       admit: (key, now) => this.#admit(key, now),
       onKeysZeroed: (peer) => this.#expire(peer),
+      // The fast path sends to where the client is now, even before its next data message.
+      onRoam: (peer) => this.#express?.roamed(peer, this.#now()),
     });
     this.#timer = new WakeTimer(this.core, (now) => this.#send(this.core.tick(now)), this.#now, () => this.#clockRate);
   }

@@ -120,6 +120,8 @@ export interface CoreOptions<E extends Endpoint = Endpoint> {
   admit?: (publicKey: PublicKey, now: number) => PeerConfig<E> | null;
   /** Called after a peer's keys were wiped 540 s after its last session (it may be removed). */
   onKeysZeroed?: (peer: Peer<E>) => void;
+  /** Called when an authenticated packet moved a peer to another endpoint (roaming). */
+  onRoam?: (peer: Peer<E>) => void;
 }
 
 /** Bytes of timer jitter drawn at once (256 jitters). */
@@ -144,6 +146,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
   readonly underLoadThreshold: number;
   readonly #admit: CoreOptions<E>['admit'];
   readonly #onKeysZeroed: CoreOptions<E>['onKeysZeroed'];
+  readonly #onRoam: CoreOptions<E>['onRoam'];
   #loadWindowStart = -Infinity;
   #loadCount = 0;
   #underLoadUntil = -Infinity;
@@ -162,6 +165,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     this.underLoadThreshold = options.underLoadThreshold ?? 256;
     this.#admit = options.admit;
     this.#onKeysZeroed = options.onKeysZeroed;
+    this.#onRoam = options.onRoam;
     if (options.privateKey) this.setPrivateKey(options.privateKey);
   }
 
@@ -485,7 +489,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     if (refusal !== null) return this.#drop(refusal);
     this.#traversal(peer, now);
     peer.timers.newHandshake = null; // any authenticated packet received
-    peer.endpoint = from;
+    this.#follow(peer, from);
     peer.rxBytes += m.bytes.length;
 
     const index = this.#newIndex(peer, null);
@@ -510,7 +514,7 @@ export class WireGuard<E extends Endpoint = Endpoint> {
     const peer = entry.peer;
     const keys = consumeResponse(peer.handshake, peer.context(this.#privateKey!), m);
     if (keys === null) return this.#drop('response-decrypt');
-    peer.endpoint = from;
+    this.#follow(peer, from);
     peer.rxBytes += m.bytes.length;
     this.#traversal(peer, now);
     peer.timers.newHandshake = null;
@@ -543,12 +547,12 @@ export class WireGuard<E extends Endpoint = Endpoint> {
       peer.previous = peer.current;
       peer.current = kp;
       peer.next = null;
-      peer.endpoint = from;
+      this.#follow(peer, from);
       this.#handshakeComplete(peer, now);
       out = this.#sendStaged(peer, now);
     }
     peer.rxBytes += size;
-    peer.endpoint = from; // roaming: follow the last authenticated packet
+    this.#follow(peer, from); // roaming: follow the last authenticated packet
     // keepKeyFreshReceiving
     const cur = peer.current;
     if (!peer.sentLastMinuteHandshake && cur !== null && cur.isInitiator && now - cur.created > REKEY_ON_RECEIVE_AFTER) {
@@ -610,6 +614,13 @@ export class WireGuard<E extends Endpoint = Endpoint> {
       if (peer.previous) this.#deleteKeypair(peer.previous);
       peer.previous = null;
     }
+  }
+
+  /** Roaming: the peer's endpoint follows its last authenticated packet. */
+  #follow(peer: Peer<E>, from: E): void {
+    if (peer.endpoint === from) return;
+    peer.endpoint = from;
+    this.#onRoam?.(peer);
   }
 
   #deleteKeypair(kp: Keypair): void {
