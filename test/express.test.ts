@@ -4,7 +4,7 @@
  * and ::1 (both on the relay's list). Checks that the fast path carries the traffic, that the
  * replies it builds are byte for byte what the TypeScript path builds (IPv6 UDP checksum
  * included), that a replayed or forged datagram is dropped, that its traffic reaches the core's
- * timers, and that STRATA_EXPRESS=0 leaves everything to TypeScript with the same results.
+ * timers, that a client that roams is followed from its first authenticated packet, and that STRATA_EXPRESS=0 leaves everything to TypeScript with the same results.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,11 +22,16 @@ import type { UdpEndpoint } from '../src/io/types.ts';
 
 const skip = native === null ? 'the native addon is not built (npm ci builds it)' : false;
 
-async function echo(type: 'udp4' | 'udp6', address: string): Promise<{ port: number; close: () => void }> {
+/** An echo server; `push` sends an unasked datagram to whoever wrote last. */
+async function echo(type: 'udp4' | 'udp6', address: string): Promise<{ port: number; push: (d: Uint8Array) => void; close: () => void }> {
   const s = dgram.createSocket(type);
-  s.on('message', (m, r) => s.send(m, r.port, r.address));
+  let last: dgram.RemoteInfo | null = null;
+  s.on('message', (m, r) => {
+    last = r;
+    s.send(m, r.port, r.address);
+  });
   await new Promise<void>((resolve) => s.bind(0, address, resolve));
-  return { port: s.address().port, close: () => s.close() };
+  return { port: s.address().port, push: (d) => last !== null && s.send(d, last.port, last.address), close: () => s.close() };
 }
 
 async function freePort(): Promise<number> {
@@ -76,21 +81,32 @@ async function world(express: boolean) {
   const core = new WireGuard<UdpEndpoint>({ privateKey: clientKey, epochMs: Date.now() - performance.now(), mtu: 1440 });
   const peer = core.addPeer(key.publicKey(), { endpoint: { address: '127.0.0.1', port, family: 'IPv4' }, allowedIPs: ['0.0.0.0/0', '::/0'] });
   const addresses = hopAddresses(clientKey.publicKey());
-  const sock = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
   const delivered: Uint8Array[] = [];
   const sent: Uint8Array[] = [];
+  const socks: dgram.Socket[] = [];
+  let sock: dgram.Socket;
   const send = (out: readonly Outgoing<UdpEndpoint>[]) => {
     for (const o of out) {
       sent.push(Uint8Array.from(o.datagram));
       sock.send(o.datagram, o.endpoint.port, o.endpoint.address);
     }
   };
-  sock.on('message', (m, r) => {
-    const res = core.receive(new Uint8Array(m), { address: r.address, port: r.port, family: 'IPv4' }, performance.now());
-    if (res.kind === 'deliver') delivered.push(Uint8Array.from(res.packet));
-    send(res.out);
-  });
+  /** A new client socket (the client roams to another port); replies are counted per socket. */
+  const roam = async (): Promise<{ received: number }> => {
+    const s = dgram.createSocket('udp4');
+    const counts = { received: 0 };
+    s.on('message', (m, r) => {
+      counts.received++;
+      const res = core.receive(new Uint8Array(m), { address: r.address, port: r.port, family: 'IPv4' }, performance.now());
+      if (res.kind === 'deliver') delivered.push(Uint8Array.from(res.packet));
+      send(res.out);
+    });
+    await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve));
+    socks.push(s);
+    sock = s;
+    return counts;
+  };
+  const first = await roam();
   send(core.forceHandshake(peer, performance.now()));
   await settle(100);
   assert.ok(peer.current !== null, 'the session is up');
@@ -105,10 +121,15 @@ async function world(express: boolean) {
     delivered,
     sent,
     send,
-    sock,
+    get sock() {
+      return sock;
+    },
+    first,
+    roam,
+    e4,
     close() {
       relay.stop();
-      sock.close();
+      for (const s of socks) s.close();
       e4.close();
       e6.close();
       sink.close();
@@ -203,3 +224,23 @@ for (const express of [true, false]) {
     }
   });
 }
+
+test('relay fast path: a client that roams is followed at its first authenticated packet, a keepalive', { skip }, async () => {
+  const w = await world(true);
+  try {
+    await exchange(w, 20);
+    // The client moves to another port and says only a keepalive from there.
+    const moved = await w.roam();
+    w.send(w.core.sendKeepalive(w.peer, performance.now()));
+    await settle(100);
+    const before = w.first.received;
+    // The next hop sends on its own: the relay must wrap it for the client's new address.
+    w.e4.push(Uint8Array.of(9, 9, 9));
+    await settle(100);
+    assert.equal(moved.received, 1, 'the reply went to the new address');
+    assert.equal(w.first.received, before, 'and not to the old one');
+    assert.deepEqual(w.delivered.at(-1), expectedReply(w, 4, Uint8Array.of(9, 9, 9)));
+  } finally {
+    w.close();
+  }
+});
