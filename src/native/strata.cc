@@ -1323,6 +1323,7 @@ static napi_value ExpressAddPeer(napi_env env, napi_callback_info info) {
   memcpy(peer->v6.data(), v6, 16);
   peer->ev = reinterpret_cast<double*>(ev);
   napi_create_reference(env, argv[4], 1, &peer->evRef);
+  OPENSSL_cleanse(ep, sizeof ep);  // the client's address does not stay on the stack
   x->peers[id] = peer;
   x->byV4[Le32(peer->v4)] = peer;
   x->byV6[peer->v6] = peer;
