@@ -107,6 +107,36 @@ static void Nonce(uint8_t nonce[12], uint64_t counter) {
   for (int i = 0; i < 8; i++) nonce[4 + i] = static_cast<uint8_t>(counter >> (8 * i));
 }
 
+// Seals `srcLen` bytes then `pad` zero bytes into `out` (which may be `src`), and the tag after.
+static bool SealInto(Aead* a, uint64_t counter, const uint8_t* src, size_t srcLen, size_t pad, uint8_t* out) {
+  static const uint8_t zeros[16] = {0};
+  uint8_t nonce[12];
+  Nonce(nonce, counter);
+  int n = 0, m = 0;
+  return EVP_EncryptInit_ex(a->enc, nullptr, nullptr, nullptr, nonce) == 1 &&
+         EVP_EncryptUpdate(a->enc, out, &n, src, static_cast<int>(srcLen)) == 1 &&
+         (pad == 0 || EVP_EncryptUpdate(a->enc, out + n, &m, zeros, static_cast<int>(pad)) == 1) &&
+         EVP_EncryptFinal_ex(a->enc, out + n + m, &m) == 1 &&
+         EVP_CIPHER_CTX_ctrl(a->enc, EVP_CTRL_AEAD_GET_TAG, 16, out + srcLen + pad) == 1;
+}
+
+// Opens `sealedLen` bytes (body and tag) into `out` (which may be `src`); a forgery leaves
+// `out` wiped.
+static bool OpenInto(Aead* a, uint64_t counter, const uint8_t* src, size_t sealedLen, uint8_t* out) {
+  uint8_t nonce[12];
+  Nonce(nonce, counter);
+  size_t n = sealedLen - 16;
+  uint8_t tag[16];
+  memcpy(tag, src + n, 16);  // the tag may be overwritten when decrypting in place
+  int outl = 0, fin = 0;
+  bool ok = EVP_DecryptInit_ex(a->dec, nullptr, nullptr, nullptr, nonce) == 1 &&
+            EVP_CIPHER_CTX_ctrl(a->dec, EVP_CTRL_AEAD_SET_TAG, 16, tag) == 1 &&
+            EVP_DecryptUpdate(a->dec, out, &outl, src, static_cast<int>(n)) == 1 &&
+            EVP_DecryptFinal_ex(a->dec, out + outl, &fin) == 1;
+  if (!ok) OPENSSL_cleanse(out, n);
+  return ok;
+}
+
 static void AeadFinalize(napi_env, void* data, void*) {
   auto* a = static_cast<Aead*>(data);
   a->Free();
@@ -166,17 +196,7 @@ static napi_value AeadSeal(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_ARGS", "seal: bad arguments");
     return nullptr;
   }
-  static const uint8_t zeros[16] = {0};
-  uint8_t nonce[12];
-  Nonce(nonce, counter);
-  int n = 0, m = 0;
-  uint8_t* out = dst + off;
-  bool ok = EVP_EncryptInit_ex(a->enc, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_EncryptUpdate(a->enc, out, &n, src, static_cast<int>(srcLen)) == 1 &&
-            (pad == 0 || EVP_EncryptUpdate(a->enc, out + n, &m, zeros, pad) == 1) &&
-            EVP_EncryptFinal_ex(a->enc, out + n + m, &m) == 1 &&
-            EVP_CIPHER_CTX_ctrl(a->enc, EVP_CTRL_AEAD_GET_TAG, 16, out + srcLen + pad) == 1;
-  if (!ok) {
+  if (!SealInto(a, counter, src, srcLen, static_cast<size_t>(pad), dst + off)) {
     napi_throw_error(env, "ERR_NATIVE", "seal failed");
     return nullptr;
   }
@@ -198,22 +218,8 @@ static napi_value AeadOpen(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "ERR_ARGS", "open: bad arguments");
     return nullptr;
   }
-  uint8_t nonce[12];
-  Nonce(nonce, counter);
-  size_t n = srcLen - 16;
-  uint8_t tag[16];
-  memcpy(tag, src + n, 16);  // the tag may be overwritten when decrypting in place
-  int outl = 0, fin = 0;
-  uint8_t* out = dst + off;
-  bool ok = EVP_DecryptInit_ex(a->dec, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_CIPHER_CTX_ctrl(a->dec, EVP_CTRL_AEAD_SET_TAG, 16, tag) == 1 &&
-            EVP_DecryptUpdate(a->dec, out, &outl, src, static_cast<int>(n)) == 1 &&
-            EVP_DecryptFinal_ex(a->dec, out + outl, &fin) == 1;
-  if (!ok) {
-    OPENSSL_cleanse(out, n);
-    return Num(env, -1);
-  }
-  return Num(env, static_cast<double>(n));
+  if (!OpenInto(a, counter, src, srcLen, dst + off)) return Num(env, -1);
+  return Num(env, static_cast<double>(srcLen - 16));
 }
 
 static napi_value AeadDestroy(napi_env env, napi_callback_info info) {
@@ -323,20 +329,26 @@ static void PolledFinalize(napi_env env, void* data, void*) {
   delete p;
 }
 
+// Calls into JavaScript from a poll callback; an exception thrown there is fatal, as for any
+// uncaught exception in Node.
+static void CallJs(napi_env env, napi_async_context async, napi_value recv, napi_value cb, size_t argc, napi_value* argv) {
+  napi_value result;
+  if (napi_make_callback(env, async, recv, cb, argc, argv, &result) == napi_pending_exception) {
+    napi_value e;
+    napi_get_and_clear_last_exception(env, &e);
+    napi_fatal_exception(env, e);
+  }
+}
+
 static void Deliver(Polled* p, int count) {
   napi_env env = p->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value cb, self, arg, result;
+  napi_value cb, self, arg;
   if (p->callback && napi_get_reference_value(env, p->callback, &cb) == napi_ok &&
       napi_get_reference_value(env, p->self, &self) == napi_ok) {
     napi_create_int32(env, count, &arg);
-    napi_status st = napi_make_callback(env, p->async, self, cb, 1, &arg, &result);
-    if (st == napi_pending_exception) {
-      napi_value e;
-      napi_get_and_clear_last_exception(env, &e);
-      napi_fatal_exception(env, e);
-    }
+    CallJs(env, p->async, self, cb, 1, &arg);
   }
   napi_close_handle_scope(env, scope);
 }
@@ -844,21 +856,6 @@ static bool ReplayValidate(XSession* s, uint64_t counter, uint64_t limit, uint64
   return true;
 }
 
-static bool XOpen(Aead* a, uint64_t counter, uint8_t* data, size_t sealedLen) {
-  uint8_t nonce[12];
-  Nonce(nonce, counter);
-  size_t n = sealedLen - 16;
-  uint8_t tag[16];
-  memcpy(tag, data + n, 16);
-  int outl = 0, fin = 0;
-  bool ok = EVP_DecryptInit_ex(a->dec, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_CIPHER_CTX_ctrl(a->dec, EVP_CTRL_AEAD_SET_TAG, 16, tag) == 1 &&
-            EVP_DecryptUpdate(a->dec, data, &outl, data, static_cast<int>(n)) == 1 &&
-            EVP_DecryptFinal_ex(a->dec, data + outl, &fin) == 1;
-  if (!ok) OPENSSL_cleanse(data, n);
-  return ok;
-}
-
 static void Event(Express* x, XPeer* peer, bool rx, bool data, size_t bytes) {
   double* e = peer->ev;
   double seq = ++x->seq;
@@ -866,12 +863,18 @@ static void Event(Express* x, XPeer* peer, bool rx, bool data, size_t bytes) {
     e[kRxPackets]++;
     e[kRxBytes] += static_cast<double>(bytes);
     e[kLastRx] = seq;
-    if (data) e[kRxData]++, e[kLastRxData] = seq;
+    if (data) {
+      e[kRxData]++;
+      e[kLastRxData] = seq;
+    }
   } else {
     e[kTxPackets]++;
     e[kTxBytes] += static_cast<double>(bytes);
     e[kLastTx] = seq;
-    if (data) e[kTxData]++, e[kLastTxData] = seq;
+    if (data) {
+      e[kTxData]++;
+      e[kLastTxData] = seq;
+    }
   }
 }
 
@@ -909,25 +912,16 @@ static void SealAndSend(Express* x, XSession* s, size_t n) {
   if (mtu > 0 && padded > mtu) padded = mtu;
   size_t pad = padded - unit;
   uint8_t* d = x->scratch.data();
-  memset(d + 16 + n, 0, pad);
   uint64_t counter = (*s->counter)++;
   d[0] = 4;
   d[1] = d[2] = d[3] = 0;
   PutLe32(d + 4, s->remoteIndex);
   PutLe64(d + 8, counter);
-  uint8_t nonce[12];
-  Nonce(nonce, counter);
-  int outl = 0, fin = 0;
-  size_t body = n + pad;
-  bool ok = EVP_EncryptInit_ex(s->sendKey->enc, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_EncryptUpdate(s->sendKey->enc, d + 16, &outl, d + 16, static_cast<int>(body)) == 1 &&
-            EVP_EncryptFinal_ex(s->sendKey->enc, d + 16 + outl, &fin) == 1 &&
-            EVP_CIPHER_CTX_ctrl(s->sendKey->enc, EVP_CTRL_AEAD_GET_TAG, 16, d + 16 + body) == 1;
-  if (!ok) {
-    OPENSSL_cleanse(d, 16 + body);
+  if (!SealInto(s->sendKey, counter, d + 16, n, pad, d + 16)) {
+    OPENSSL_cleanse(d, 16 + n);
     return;
   }
-  size_t total = 16 + body + 16;
+  size_t total = 16 + n + pad + 16;
   SendOne(x, x->main[peer->ep[1] == 4 ? 0 : 1], peer->ep, d, total);
   Event(x, peer, false, n > 0, total);
 }
@@ -937,18 +931,14 @@ static void HandInner(Express* x, Polled* from, XPeer* peer, const uint8_t* pack
   napi_env env = x->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value cb, ab, view, args[2], global, result;
+  napi_value cb, ab, view, args[2], global;
   if (x->onInner && from->async && napi_get_reference_value(env, x->onInner, &cb) == napi_ok &&
       napi_get_reference_value(env, from->rx.dataRef, &ab) == napi_ok &&
       napi_create_typedarray(env, napi_uint8_array, len, ab, static_cast<size_t>(packet - from->rx.data), &view) == napi_ok) {
     napi_create_uint32(env, peer->id, &args[0]);
     args[1] = view;
     napi_get_global(env, &global);
-    if (napi_make_callback(env, from->async, global, cb, 2, args, &result) == napi_pending_exception) {
-      napi_value e;
-      napi_get_and_clear_last_exception(env, &e);
-      napi_fatal_exception(env, e);
-    }
+    CallJs(env, from->async, global, cb, 2, args);
   }
   napi_close_handle_scope(env, scope);
 }
@@ -968,7 +958,7 @@ static bool XFromClient(Express* x, Polled* from, const int32_t* meta, uint8_t* 
   if (!SameEndpoint(peer->ep, meta) || s->recvKey->dec == nullptr || uv_hrtime() >= s->rxUntil) return false;
   uint64_t counter = Le64(d + 8);
   uint8_t* p = d + 16;
-  if (!XOpen(s->recvKey, counter, p, len - 16)) {
+  if (!OpenInto(s->recvKey, counter, p, len - 16, p)) {
     x->stats[kDecryptFail]++;
     return true;
   }
@@ -1369,16 +1359,19 @@ static napi_value ExpressSetForward(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
-// removePeer(id): forgets a client, its sessions and its addresses
-static napi_value ExpressRemovePeer(napi_env env, napi_callback_info info) {
+// Calls `remove(x, n)` with the one u32 argument.
+static napi_value ExpressRemoveBy(napi_env env, napi_callback_info info, void (*remove)(Express*, uint32_t)) {
   size_t argc = 1;
   napi_value argv[1];
   Express* x = ExpressThis(env, info, &argc, argv);
-  uint32_t id;
-  if (!x || argc < 1 || napi_get_value_uint32(env, argv[0], &id) != napi_ok) ARGS_ERROR("removePeer: bad arguments");
-  XRemovePeer(x, id);
+  uint32_t n;
+  if (!x || argc < 1 || napi_get_value_uint32(env, argv[0], &n) != napi_ok) ARGS_ERROR("remove: bad arguments");
+  remove(x, n);
   return nullptr;
 }
+
+// removePeer(id): forgets a client, its sessions and its addresses
+static napi_value ExpressRemovePeer(napi_env env, napi_callback_info info) { return ExpressRemoveBy(env, info, XRemovePeer); }
 
 // addSession(peerId, localIndex, remoteIndex, send: Aead, recv: Aead, counter: BigUint64Array(1),
 //            replayLast: BigUint64Array(1), replayRing: Uint32Array(256), rxMs, txMs, current)
@@ -1425,15 +1418,7 @@ static napi_value ExpressAddSession(napi_env env, napi_callback_info info) {
 }
 
 // removeSession(localIndex)
-static napi_value ExpressRemoveSession(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  Express* x = ExpressThis(env, info, &argc, argv);
-  uint32_t index;
-  if (!x || argc < 1 || napi_get_value_uint32(env, argv[0], &index) != napi_ok) ARGS_ERROR("removeSession: bad arguments");
-  XRemoveSession(x, index);
-  return nullptr;
-}
+static napi_value ExpressRemoveSession(napi_env env, napi_callback_info info) { return ExpressRemoveBy(env, info, XRemoveSession); }
 
 static napi_value ExpressDestroyJs(napi_env env, napi_callback_info info) {
   size_t argc = 0;
